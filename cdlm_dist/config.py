@@ -1,0 +1,249 @@
+"""Typed configuration: the one place every option and its default lives.
+
+Hydra composes YAML from ``configs/`` on top of these dataclasses (registered as the
+structured schema in :func:`register_configs`), so an unknown key or a wrong type fails at
+composition time, before any data is loaded. Options marked [ours] in the docstrings are our
+reading of the CDLM papers (see ARCHITECTURE.md), kept here so they change in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class DomainConfig:
+    """One domain of a transfer task: a registered dataset name and whether its labels train."""
+
+    name: str = MISSING
+    labelled: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Which domains to train on and how to batch them."""
+
+    preset: str = "custom"  # a human-readable name of the task, e.g. "mnist5k->ucidigits"
+    domains: list[DomainConfig] = field(default_factory=list)
+    root: str = "~/.cache/cdlm_dist/data"  # where file-backed datasets (mnist, usps, ...) live
+    download: bool = False  # let torchvision download missing files (needs the network)
+    image_size: int = 28  # every domain is resized to image_size x image_size
+    channels: int = 1  # 1 = grey, 3 = RGB; domains are converted (grey is replicated)
+    batch_size: int = 64  # per domain and global: summed over Ray workers
+    val_fraction: float = 0.1  # held out of each labelled domain's train split for selection
+    eval_batch_size: int = 512
+    max_train_per_domain: int = 0  # 0 = all; >0 subsamples (fast tests, quick looks)
+    max_test_per_domain: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """CDLM network shapes and the [ours] choices of CDLM.md section 2."""
+
+    encoder: str = "digits"  # "digits" (conv net) or "resnet50" (torchvision trunk)
+    pretrained: bool = False  # resnet50: load ImageNet weights (needs the network or a cache)
+    latent_dim: int = 64
+    hidden_dim: int = 256
+    decoder_width: int = 64  # channels of the decoder's first feature map (halved per upsampling)
+    variational: bool = True  # False: z = mu (source-only and DANN use this)
+    decoder: str = "per_domain"  # "per_domain", "shared" (+ domain embedding) or "none"
+    modulation: str = "swap"  # "swap" | "additive" | "shift" | "none" [ours]
+    modulation_alpha: float = 1.0  # strength for "additive" and "shift"
+    modulation_grad: bool = True  # gradients flow through the modulating representation
+    pairing: str = "all_pairs"  # "all_pairs" | "random_partner" | "mean_of_others" [ours]
+    discriminator_hidden: int = 256
+    use_discriminator: bool = True
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms (CDLM.md section 3) and the consistency variant."""
+
+    l_rec: float = 1.0
+    beta: float = 1.0  # KL weight after warm-up
+    beta_warmup_steps: int = 500
+    l_cls: float = 1.0
+    l_adv: float = 1.0  # adversarial weight (searched by sweeps)
+    l_con: float = 1.0  # consistency weight (searched by sweeps)
+    consistency: str = "recon_vs_prior"  # "recon_vs_prior" | "semantic" | "cycle" | "none"
+    pseudo_label_threshold: float = 0.9  # "semantic": confidence needed for a target pseudo-label
+    grl_gamma: float = 10.0  # GRL coefficient 2 / (1 + exp(-gamma * p)) - 1
+    grl_max: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation budget and the cadence of evaluation, logging and checkpoints."""
+
+    steps: int = 1500
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    log_every: int = 25
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: bool = False  # bf16 autocast on CUDA
+    sync_batchnorm: bool = False  # Ray runner: convert BatchNorm to SyncBatchNorm
+    progress: bool = True
+    num_threads: int = 0  # 0 = leave torch's default
+    fail_at_step: int = -1  # fault injection for tests: raise once when this step is reached
+
+
+@dataclass
+class EvalConfig:
+    """What the final evaluation computes (each costs time)."""
+
+    a_distance: bool = True
+    domain_kl: bool = True
+    plots: bool = True
+    tsne_points: int = 600
+    grid_rows: int = 8
+    baseline: bool = True  # also train source-only with the same budget for the summary
+
+
+@dataclass
+class RunnerConfig:
+    """Where the loop runs: in this process, or across Ray Train workers."""
+
+    name: str = "local"  # "local" | "ray"
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    address: str = "local"  # "local", "auto" or ray://host:port
+    storage_path: str = ""  # "" = <run_dir>/ray; any pyarrow filesystem URI works
+    max_failures: int = 0
+    backend: str = "auto"  # "auto" (nccl on GPU, gloo on CPU), "gloo", "nccl"
+
+
+@dataclass
+class Config:
+    """Everything one training run needs; saved as config.yaml in its run directory."""
+
+    name: str = "cdlm"
+    method: str = "cdlm"  # informative label: cdlm | vae | dann | source_only
+    run_dir: str = "runs/${name}"
+    resume: bool = True  # continue from run_dir's latest checkpoint when one exists
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.encoder": ("digits", "resnet50"),
+    "model.decoder": ("per_domain", "shared", "none"),
+    "model.modulation": ("swap", "additive", "shift", "none"),
+    "model.pairing": ("all_pairs", "random_partner", "mean_of_others"),
+    "loss.consistency": ("recon_vs_prior", "semantic", "cycle", "none"),
+    "runner.name": ("local", "ray"),
+    "runner.backend": ("auto", "gloo", "nccl"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the fix."""
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: Any) -> None:
+    """Check cross-field rules that a schema cannot express, before any expensive work."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
+    domains = list(cfg.data.domains)
+    if len(domains) < 2:
+        raise ConfigError(
+            f"data.domains lists {len(domains)} domain(s); a transfer task needs at least 2. "
+            "Pick a preset, e.g. data=mnist5k_to_ucidigits"
+        )
+    names = [d.name for d in domains]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.domains repeats a domain: {names}")
+    if not any(d.labelled for d in domains):
+        raise ConfigError("data.domains has no labelled domain: mark the source with labelled: true")
+    if cfg.data.channels not in (1, 3):
+        raise ConfigError(f"data.channels={cfg.data.channels} must be 1 or 3")
+    if cfg.model.encoder == "digits" and cfg.data.image_size not in (28, 32):
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} does not fit model.encoder=digits "
+            "(it takes 28 or 32 pixels); set data.image_size=28 or use model.encoder=resnet50"
+        )
+    if cfg.model.encoder == "resnet50" and cfg.data.image_size < 64:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} is too small for model.encoder=resnet50 "
+            "(use 224, or at least 64)"
+        )
+    for key in ("data.batch_size", "train.steps", "train.log_every", "train.eval_every",
+                "train.checkpoint_every", "runner.num_workers", "runner.cpus_per_worker"):
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be at least 1")
+    if cfg.data.batch_size % cfg.runner.num_workers:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} (global) is not divisible by "
+            f"runner.num_workers={cfg.runner.num_workers}; each worker takes an equal share"
+        )
+    if cfg.model.modulation != "none" and not cfg.model.variational:
+        raise ConfigError("model.modulation needs model.variational=true (it reparameterises z)")
+    needs_decoder = cfg.loss.l_rec > 0 or (cfg.loss.l_con > 0 and cfg.loss.consistency != "none")
+    if needs_decoder and cfg.model.decoder == "none":
+        raise ConfigError(
+            "loss.l_rec or loss.l_con > 0 needs a decoder: set model.decoder=per_domain or the "
+            "weights to 0"
+        )
+    if cfg.loss.l_adv > 0 and not cfg.model.use_discriminator:
+        raise ConfigError("loss.l_adv > 0 needs model.use_discriminator=true")
+    for key in ("loss.l_rec", "loss.beta", "loss.l_cls", "loss.l_adv", "loss.l_con"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
+
+
+def register_configs() -> None:
+    """Register the schema so Hydra type-checks every YAML against it."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="cdlm_schema", node=Config)
+
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # a link to the repository's configs/
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "train") -> Any:
+    """Compose ``configs/<config_name>.yaml`` with Hydra overrides into a typed, validated config.
+
+    The one entry point for the CLI, the runners, benchmarks and tests, so a config means the
+    same thing everywhere. Errors name the key at fault.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+    if config_name == "train":
+        validate(cfg)
+    return cfg

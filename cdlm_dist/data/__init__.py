@@ -1,0 +1,19 @@
+"""Data: the domain registry, its loaders, and deterministic batch streams.
+
+Importing this package registers every loader (embedded and file-backed).
+"""
+
+from cdlm_dist.data import embedded  # noqa: F401  (registers mnist5k, ucidigits, mnistm_synth)
+from cdlm_dist.data.domains import (
+    DOMAINS,
+    DomainData,
+    Split,
+    check_domain_name,
+    load_domain,
+    load_domains,
+    register_domain,
+)
+from cdlm_dist.data.streams import BatchStream, MultiDomainStream, iterate_split
+
+__all__ = ["DOMAINS", "BatchStream", "DomainData", "MultiDomainStream", "Split",
+           "check_domain_name", "iterate_split", "load_domain", "load_domains", "register_domain"]

