@@ -3,7 +3,12 @@
 Importing this package registers every loader (embedded and file-backed).
 """
 
-from cdlm_dist.data import embedded  # noqa: F401  (registers mnist5k, ucidigits, mnistm_synth)
+from cdlm_dist.data import (
+    embedded,  # noqa: F401  (registers mnist5k, ucidigits, mnistm_synth)
+    files,  # noqa: F401  (registers mnist, usps, svhn)
+    images,  # noqa: F401  (registers mnistm, imagefolder:<path>)
+    parquet,  # noqa: F401  (registers parquet:<path>)
+)
 from cdlm_dist.data.domains import (
     DOMAINS,
     DomainData,
