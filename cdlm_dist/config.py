@@ -243,7 +243,12 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> A
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+        message = str(exc).split("\n")[0]
+        if message.startswith("Could not override"):
+            key = message.split("'")[1]
+            message = (f"unknown config key '{key}' (check the spelling; "
+                       "`cdlm-train --cfg` prints every key)")
+        raise ConfigError(f"invalid configuration: {message}") from exc
     if config_name == "train":
         validate(cfg)
     return cfg

@@ -1,0 +1,41 @@
+# Every target sets itself up: the first use creates .venv and installs the project into it.
+#   make train   the main job: CDLM on embedded data (no downloads), then its summary
+#   make test    the test suite (what CI runs)
+#   make lint    ruff
+#   make bench   accuracy benchmark (BENCH_ARGS=... to change it)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: install train test lint bench bench-scaling clean
+
+$(STAMP): pyproject.toml
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 10), "cdlm-dist needs Python 3.10+; set PY=python3.x"'
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/cdlm-train $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check cdlm_dist tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/accuracy.py $(BENCH_ARGS)
+
+bench-scaling: $(STAMP)
+	$(BIN)/python benchmarks/scaling.py $(BENCH_ARGS)
+
+clean:
+	rm -rf runs bench_results .pytest_cache

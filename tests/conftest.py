@@ -1,0 +1,45 @@
+"""Shared test fixtures: tiny configs and domains that train in seconds on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Small enough that a few training steps take about a second on one core.
+TINY = ["train=smoke", "data.max_train_per_domain=256", "data.max_test_per_domain=128",
+        "data.batch_size=32", "eval.plots=false", "eval.a_distance=false",
+        "eval.domain_kl=false", "eval.baseline=false"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Same thread count everywhere so results are bitwise reproducible within a test."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path) -> list[str]:
+    return TINY + [f"run_dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_domains():
+    """The TINY config's domains, loaded once per session (loading takes seconds)."""
+    from cdlm_dist.config import compose
+    from cdlm_dist.data.domains import load_domains
+
+    return load_domains(compose(TINY).data, 0)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance shared by every Ray test of the session (starting one costs
+    seconds); 4 logical CPUs so 2 workers and the controller fit on a 2-core machine."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
