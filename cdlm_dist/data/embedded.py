@@ -63,7 +63,7 @@ def mnist5k(cfg: DataConfig, seed: int) -> RawDomain:
 
 @register_domain("ucidigits")
 def ucidigits(cfg: DataConfig, seed: int) -> RawDomain:
-    """scikit-learn's 1,797 UCI digits, 8 x 8 (1,438 / 359)."""
+    """scikit-learn's 1,797 UCI digits (8 x 8) framed like MNIST in 28 x 28 (1,438 / 359)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

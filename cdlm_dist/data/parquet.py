@@ -171,7 +171,7 @@ def read_prepared(path: Path | str) -> RawDomain:
     if table.num_rows == 0:
         raise _bad(path, "it holds no images")
     images = _images(table, meta["channels"], meta["image_size"])
-    labels = torch.from_numpy(table.column("label").to_numpy())
+    labels = torch.from_numpy(table.column("label").to_numpy().copy())  # arrow memory is read-only
     is_train = torch.from_numpy(table.column("split").to_numpy(zero_copy_only=False) == "train")
     split = {name: checked_split(images[mask], labels[mask], meta["num_classes"], f"{path} ({name})")
              for name, mask in (("train", is_train), ("test", ~is_train))}
