@@ -32,9 +32,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt, truncated or not a torch file
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}. The file is corrupt or not "
-                              "a cdlm-dist checkpoint; delete it to resume from an earlier one.")\
-            from exc
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt, truncated or "
+                              f"not a cdlm-dist checkpoint ({reason}). To resume training, delete "
+                              "it and the run continues from the previous checkpoint.") from exc
     if not isinstance(state, dict) or "model" not in state or "config_yaml" not in state:
         raise CheckpointError(f"{path} is not a cdlm-dist checkpoint (no 'model'/'config_yaml')")
     return state
