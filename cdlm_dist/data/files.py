@@ -107,6 +107,17 @@ def ensure_files(domain: str, files: Sequence[Path], cfg: DataConfig,
                       f"{failure}{gz_hint} To fix: {fix}.")
 
 
+def split_files(domain: str, cfg: DataConfig, folder: str, names: dict[str, str],
+                fetch: Callable[[str, str], object]) -> dict[str, Path]:
+    """``{split: <root>/<folder>/<name>}`` for a one-file-a-split torchvision dataset, checked
+    by :func:`ensure_files`; ``fetch(folder_path, split)`` downloads one split."""
+    root = data_root(cfg) / folder
+    files = {split: root / name for split, name in names.items()}
+    ensure_files(domain, list(files.values()), cfg,
+                 lambda: [fetch(str(root), split) for split in files])
+    return files
+
+
 def check_idx(path: Path, ndim: int) -> tuple[int, ...]:
     """Validate an IDX file's header against its size; return its dimensions.
 
@@ -161,18 +172,12 @@ def usps(cfg: DataConfig, seed: int) -> RawDomain:
     """USPS (7,291 / 2,007 digits, 16 x 16) through torchvision.datasets.USPS."""
     from torchvision.datasets import USPS
 
-    root = data_root(cfg) / "USPS"
-    files = {split: root / name for split, name in USPS_FILES.items()}
-
-    def download() -> None:
-        for train in (True, False):
-            USPS(str(root), train=train, download=True)
-
-    ensure_files("usps", list(files.values()), cfg, download)
+    files = split_files("usps", cfg, "USPS", USPS_FILES,
+                        lambda root, split: USPS(root, train=split == "train", download=True))
     splits = {}
     for split, path in files.items():
         with reading(path):
-            ds = USPS(str(root), train=split == "train", download=False)
+            ds = USPS(str(path.parent), train=split == "train", download=False)
         splits[split] = checked_split(ds.data, ds.targets, NUM_DIGITS, str(path))
     return RawDomain(train=splits["train"], test=splits["test"], num_classes=NUM_DIGITS)
 
@@ -199,13 +204,7 @@ def svhn(cfg: DataConfig, seed: int) -> RawDomain:
     """SVHN cropped digits (73,257 / 26,032, RGB 32 x 32)."""
     from torchvision.datasets import SVHN
 
-    root = data_root(cfg) / "SVHN"
-    files = {split: root / name for split, name in SVHN_FILES.items()}
-
-    def download() -> None:
-        for split in files:
-            SVHN(str(root), split=split, download=True)
-
-    ensure_files("svhn", list(files.values()), cfg, download)
+    files = split_files("svhn", cfg, "SVHN", SVHN_FILES,
+                        lambda root, split: SVHN(root, split=split, download=True))
     return RawDomain(train=read_svhn_mat(files["train"]), test=read_svhn_mat(files["test"]),
                      num_classes=NUM_DIGITS)

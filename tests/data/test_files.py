@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import re
 import shutil
 from pathlib import Path
@@ -31,19 +32,99 @@ def raises_naming(*parts: str | Path):
         f"(?=.*{re.escape(str(p))})" for p in parts))
 
 
-# --- MNIST (IDX files) -------------------------------------------------------------------------
+READS = {  # domain -> (fixture writing its real format, data config, channels it loads with)
+    "mnist": ("mnist_files", {}, 1),
+    "usps": ("usps_files", {"image_size": 16}, 1),
+    "svhn": ("svhn_files", {"image_size": 32, "channels": 3}, 3),  # and label 10 -> digit 0
+    "mnistm": ("mnistm_files", {"channels": 3}, 3),
+}
 
-def test_mnist_reads_idx_files(mnist_files):
-    domain = load_domain("mnist", mnist_files.cfg(), labelled=False)
-    assert_loaded(domain, mnist_files, channels=1)
+
+@pytest.mark.parametrize("name", sorted(READS))
+def test_reads_its_real_file_format_exactly(request, name):
+    fixture, overrides, channels = READS[name]
+    written = request.getfixturevalue(fixture)
+    domain = load_domain(name, written.cfg(**overrides), labelled=False)
+    assert_loaded(domain, written, channels)
     assert domain.num_classes == 10
 
 
-def test_mnist_missing_files_name_each_file_and_fix(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    with raises_naming(raw / "train-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte",
-                       "data.root=", "data.download=true"):
-        load_domain("mnist", DataConfig(root=str(tmp_path)), labelled=False)
+MISSING = {  # domain -> files its error must name (relative to data.root), then the fix it gives
+    "mnist": ("MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte",
+              "data.download=true"),
+    "usps": ("USPS/usps.bz2", "USPS/usps.t.bz2", "data.download=true"),
+    "svhn": ("SVHN/train_32x32.mat", "SVHN/test_32x32.mat", "data.download=true"),
+    "mnistm": ("mnist_m/mnist_m_train", "mnist_m/mnist_m_test_labels.txt", "no download"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISSING))
+def test_missing_files_are_named_with_the_fix(tmp_path, name):
+    *files, fix = MISSING[name]
+    with raises_naming(*(tmp_path / f for f in files), "data.root=", fix):
+        load_domain(name, DataConfig(root=str(tmp_path)), labelled=False)
+
+
+# --- corrupt files: the error names the file, never a silently wrong dataset -------------------
+
+def _cut(keep: int):
+    return lambda p: p.write_bytes(p.read_bytes()[:keep])
+
+
+def _usps_label_11(path: Path) -> None:
+    lines = bz2.decompress(path.read_bytes()).decode().splitlines()
+    lines[0] = "11" + lines[0][lines[0].index(" "):]  # label 11 -> class 10 of 10
+    path.write_bytes(bz2.compress("\n".join(lines).encode()))
+
+
+def _mat_without_x(path: Path) -> None:
+    import scipy.io
+
+    scipy.io.savemat(path, {"images": np.zeros((2, 2), np.uint8), "y": np.ones((1, 1))})
+
+
+def _word_for_label(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    lines[2] = "00000002.png seven"
+    path.write_text("\n".join(lines))
+
+
+CORRUPT = {  # case -> (domain, file under data.root, how to break it, what the error must say)
+    "mnist truncated idx": ("mnist", "MNIST/raw/train-images-idx3-ubyte",
+                            lambda p: p.write_bytes(p.read_bytes()[:-100]), ["bytes: truncated"]),
+    "mnist idx of another kind": (
+        "mnist", "MNIST/raw/t10k-labels-idx1-ubyte",
+        lambda p: shutil.copy(p.parent / "t10k-images-idx3-ubyte", p), ["not an IDX file of 1-d"]),
+    "usps not bzip2": ("usps", "USPS/usps.t.bz2", lambda p: p.write_bytes(b"not bzip2"),
+                       ["corrupt"]),
+    "usps label out of range": ("usps", "USPS/usps.bz2", _usps_label_11, ["labels span [0, 10]"]),
+    "svhn truncated mat": ("svhn", "SVHN/test_32x32.mat", _cut(200), ["corrupt"]),
+    "svhn mat without X": ("svhn", "SVHN/train_32x32.mat", _mat_without_x,
+                           ["expected variables X and y"]),
+    "mnistm malformed label line": ("mnistm", "mnist_m/mnist_m_test_labels.txt", _word_for_label,
+                                    ["_labels.txt:3", "seven"]),
+    "mnistm listed image missing": ("mnistm", "mnist_m/mnist_m_train/00000004.png", Path.unlink,
+                                    ["missing"]),
+    "mnistm unreadable png": ("mnistm", "mnist_m/mnist_m_test/00000001.png",
+                              lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n garbage"), ["corrupt"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT))
+def test_corrupt_file_is_named_with_the_problem(request, case):
+    name, relative, corrupt, words = CORRUPT[case]
+    fixture, overrides, _ = READS[name]
+    written = request.getfixturevalue(fixture)
+    corrupt(written.root / relative)
+    with raises_naming(written.root / relative, *words):
+        load_domain(name, written.cfg(**overrides), labelled=False)
+
+
+def test_mnist_mismatched_counts_name_both_files(mnist_files):
+    raw = mnist_files.root / "MNIST" / "raw"
+    shutil.copy(raw / "t10k-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")  # 20 vs 30
+    with raises_naming(raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte", "30", "20"):
+        load_domain("mnist", mnist_files.cfg(), labelled=False)
 
 
 def test_mnist_gzipped_files_get_an_extract_hint(mnist_files):
@@ -62,122 +143,6 @@ def test_mnist_failed_download_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
     with raises_naming("Download failed", "no network here", "train-images-idx3-ubyte"):
         load_domain("mnist", DataConfig(root=str(tmp_path), download=True), labelled=False)
-
-
-def test_mnist_truncated_idx_names_the_file(mnist_files):
-    path = mnist_files.root / "MNIST" / "raw" / "train-images-idx3-ubyte"
-    path.write_bytes(path.read_bytes()[:-100])
-    with raises_naming(path, "truncated"):
-        load_domain("mnist", mnist_files.cfg(), labelled=False)
-
-
-def test_mnist_wrong_idx_kind_names_the_file(mnist_files):
-    raw = mnist_files.root / "MNIST" / "raw"
-    shutil.copy(raw / "t10k-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte")
-    with raises_naming(raw / "t10k-labels-idx1-ubyte", "not an IDX file of 1-d"):
-        load_domain("mnist", mnist_files.cfg(), labelled=False)
-
-
-def test_mnist_mismatched_counts_name_both_files(mnist_files):
-    raw = mnist_files.root / "MNIST" / "raw"
-    shutil.copy(raw / "t10k-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")  # 20 vs 30
-    with raises_naming(raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte", "30", "20"):
-        load_domain("mnist", mnist_files.cfg(), labelled=False)
-
-
-# --- USPS (bzip2'd libsvm) ----------------------------------------------------------------------
-
-def test_usps_reads_bz2_libsvm(usps_files):
-    domain = load_domain("usps", usps_files.cfg(image_size=16), labelled=False)
-    assert_loaded(domain, usps_files, channels=1)
-
-
-def test_usps_missing_files_name_both(tmp_path):
-    with raises_naming(tmp_path / "USPS" / "usps.bz2", tmp_path / "USPS" / "usps.t.bz2"):
-        load_domain("usps", DataConfig(root=str(tmp_path)), labelled=False)
-
-
-def test_usps_not_bzip2_names_the_file(usps_files):
-    path = usps_files.root / "USPS" / "usps.t.bz2"
-    path.write_bytes(b"this is not bzip2 data")
-    with raises_naming(path, "corrupt"):
-        load_domain("usps", usps_files.cfg(), labelled=False)
-
-
-def test_usps_label_out_of_range_names_the_file(usps_files):
-    import bz2
-
-    path = usps_files.root / "USPS" / "usps.bz2"
-    lines = bz2.decompress(path.read_bytes()).decode().splitlines()
-    lines[0] = "11" + lines[0][lines[0].index(" "):]  # label 11 -> class 10 of 10
-    path.write_bytes(bz2.compress("\n".join(lines).encode()))
-    with raises_naming(path, "labels span [0, 10]"):
-        load_domain("usps", usps_files.cfg(), labelled=False)
-
-
-# --- SVHN (.mat) --------------------------------------------------------------------------------
-
-def test_svhn_reads_mat_and_maps_label_10_to_0(svhn_files):
-    domain = load_domain("svhn", svhn_files.cfg(image_size=32, channels=3), labelled=False)
-    assert_loaded(domain, svhn_files, channels=3)
-    assert int(domain.train.labels.min()) == 0 and int(domain.train.labels.max()) == 9
-
-
-def test_svhn_missing_files_name_both(tmp_path):
-    with raises_naming(tmp_path / "SVHN" / "train_32x32.mat", tmp_path / "SVHN" / "test_32x32.mat"):
-        load_domain("svhn", DataConfig(root=str(tmp_path)), labelled=False)
-
-
-def test_svhn_bad_mat_names_the_file(svhn_files):
-    path = svhn_files.root / "SVHN" / "test_32x32.mat"
-    path.write_bytes(path.read_bytes()[:200])
-    with raises_naming(path):
-        load_domain("svhn", svhn_files.cfg(image_size=32, channels=3), labelled=False)
-
-
-def test_svhn_mat_without_x_names_the_file(svhn_files):
-    import scipy.io
-
-    path = svhn_files.root / "SVHN" / "train_32x32.mat"
-    scipy.io.savemat(path, {"images": np.zeros((2, 2), np.uint8), "y": np.ones((1, 1))})
-    with raises_naming(path, "expected variables X and y"):
-        load_domain("svhn", svhn_files.cfg(image_size=32, channels=3), labelled=False)
-
-
-# --- MNIST-M (PNG folders + label lists) --------------------------------------------------------
-
-def test_mnistm_reads_png_folders(mnistm_files):
-    domain = load_domain("mnistm", mnistm_files.cfg(channels=3), labelled=False)
-    assert_loaded(domain, mnistm_files, channels=3)
-
-
-def test_mnistm_missing_names_folders_and_label_files(tmp_path):
-    base = tmp_path / "mnist_m"
-    with raises_naming(base / "mnist_m_train", base / "mnist_m_test_labels.txt", "no download"):
-        load_domain("mnistm", DataConfig(root=str(tmp_path), download=True), labelled=False)
-
-
-def test_mnistm_malformed_label_line_names_file_and_line(mnistm_files):
-    path = mnistm_files.root / "mnist_m" / "mnist_m_test_labels.txt"
-    lines = path.read_text().splitlines()
-    lines[2] = "00000002.png seven"
-    path.write_text("\n".join(lines))
-    with raises_naming(f"{path}:3", "seven"):
-        load_domain("mnistm", mnistm_files.cfg(channels=3), labelled=False)
-
-
-def test_mnistm_listed_image_missing_is_named(mnistm_files):
-    image = mnistm_files.root / "mnist_m" / "mnist_m_train" / "00000004.png"
-    image.unlink()
-    with raises_naming(image):
-        load_domain("mnistm", mnistm_files.cfg(channels=3), labelled=False)
-
-
-def test_mnistm_unreadable_png_is_named(mnistm_files):
-    image = mnistm_files.root / "mnist_m" / "mnist_m_test" / "00000001.png"
-    image.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with raises_naming(image, "corrupt"):
-        load_domain("mnistm", mnistm_files.cfg(channels=3), labelled=False)
 
 
 # --- image folders (Office-31 / Office-Home trees) ----------------------------------------------

@@ -31,7 +31,7 @@ def test_batch_is_a_pure_function_of_seed_and_step():
 def test_batches_are_float_in_unit_range_with_matching_labels():
     split = _split()
     x, y = BatchStream(split, BATCH, seed=0).batch(2)
-    assert x.dtype == torch.float32 and x.shape == (BATCH, 1, 2, 2)
+    assert x.dtype == torch.get_default_dtype() and x.shape == (BATCH, 1, 2, 2)
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     ids = (x[:, 0, 0, 0] * 255).round().long()
     assert torch.equal(y, split.labels[ids])
