@@ -12,13 +12,17 @@ from cdlm_dist.data import (
 from cdlm_dist.data.domains import (
     DOMAINS,
     DomainData,
+    RawDomain,
     Split,
     check_domain_name,
     load_domain,
     load_domains,
     register_domain,
+    register_family,
 )
+from cdlm_dist.data.parquet import read_prepared
 from cdlm_dist.data.streams import BatchStream, MultiDomainStream, iterate_split
 
-__all__ = ["DOMAINS", "BatchStream", "DomainData", "MultiDomainStream", "Split",
-           "check_domain_name", "iterate_split", "load_domain", "load_domains", "register_domain"]
+__all__ = ["DOMAINS", "BatchStream", "DomainData", "MultiDomainStream", "RawDomain", "Split",
+           "check_domain_name", "iterate_split", "load_domain", "load_domains", "read_prepared",
+           "register_domain", "register_family"]
