@@ -13,6 +13,11 @@ import torch
 from cdlm_dist.data.domains import Split
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> [0, 1] in torch's default dtype (float32 unless a float64 check sets it)."""
+    return images.to(torch.get_default_dtype()).div_(255.0)
+
+
 class BatchStream:
     """Infinite batches of one split, drawn without replacement within each epoch."""
 
@@ -40,9 +45,9 @@ class BatchStream:
         return self._perm[start:start + self.local_batch]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images float32 in [0, 1], labels int64) of this rank at ``step``."""
+        """(images in [0, 1] of torch's default float dtype, labels int64) of this rank at ``step``."""
         idx = self.indices(step)
-        return self.split.images[idx].float().div_(255.0), self.split.labels[idx]
+        return to_unit(self.split.images[idx]), self.split.labels[idx]
 
 
 class MultiDomainStream:
@@ -64,4 +69,4 @@ def iterate_split(split: Split, batch_size: int, rank: int = 0, world_size: int 
     for b, start in enumerate(range(0, len(split), batch_size)):
         if b % world_size == rank:
             sl = slice(start, start + batch_size)
-            yield split.images[sl].float().div_(255.0), split.labels[sl]
+            yield to_unit(split.images[sl]), split.labels[sl]

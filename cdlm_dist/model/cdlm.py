@@ -20,31 +20,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from cdlm_dist.config import Config
 from cdlm_dist.model.grl import grad_reverse
 from cdlm_dist.model.networks import ConvDecoder, DigitsEncoder, ResNet50Encoder, mlp
+from cdlm_dist.model.sync_norm import batch_moments
 
 STD_EPS = 1e-5
 
 
 def standardise(h: torch.Tensor, sync: bool = False) -> torch.Tensor:
     """(h - mean) / std per dimension over the batch; over all ranks' batches when ``sync``."""
-    if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_reduce
-
-        n = torch.tensor([float(len(h))], device=h.device)
-        stats = all_reduce(torch.cat([h.sum(0), (h * h).sum(0), n]))
-        d = h.shape[1]
-        total = stats[-1]
-        mean = stats[:d] / total
-        var = (stats[d:2 * d] / total - mean * mean).clamp_min(0.0)
-    else:
-        mean = h.mean(0)
-        var = h.var(0, unbiased=False)
+    mean, var, _ = batch_moments(h, [0], sync)
     return (h - mean) / torch.sqrt(var + STD_EPS)
 
 

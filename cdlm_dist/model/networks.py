@@ -1,4 +1,8 @@
-"""Encoders, decoders and heads. Shapes: images (B, C, S, S) in [0, 1]; h (B, latent_dim)."""
+"""Encoders, decoders and heads. Shapes: images (B, C, S, S) in [0, 1]; h (B, latent_dim).
+
+A layer followed by BatchNorm has no bias: BatchNorm subtracts it, so its gradient is float
+noise that Adam would amplify into lr-sized steps (and DDP runs would drift from one process).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,12 @@ class DigitsEncoder(nn.Module):
     def __init__(self, channels: int, image_size: int, hidden_dim: int, latent_dim: int) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 32, 5, padding=2, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
         )
         flat = 64 * (image_size // 4) ** 2
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(flat, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
+            nn.Flatten(), nn.Linear(flat, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, latent_dim),
         )
 
@@ -38,7 +42,7 @@ class ResNet50Encoder(nn.Module):
         trunk = resnet50(weights=ResNet50_Weights.IMAGENET1K_V2 if pretrained else None)
         trunk.fc = nn.Identity()
         self.trunk = trunk
-        self.head = nn.Sequential(nn.Linear(2048, hidden_dim), nn.BatchNorm1d(hidden_dim),
+        self.head = nn.Sequential(nn.Linear(2048, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
                                   nn.ReLU(), nn.Linear(hidden_dim, latent_dim))
         self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
@@ -64,7 +68,7 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         w = width
         for _ in range(ups):
-            layers += [nn.ConvTranspose2d(w, max(w // 2, 16), 4, stride=2, padding=1),
+            layers += [nn.ConvTranspose2d(w, max(w // 2, 16), 4, stride=2, padding=1, bias=False),
                        nn.BatchNorm2d(max(w // 2, 16)), nn.ReLU()]
             w = max(w // 2, 16)
         layers.append(nn.Conv2d(w, channels, 3, padding=1))

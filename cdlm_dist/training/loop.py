@@ -20,6 +20,7 @@ from cdlm_dist.data.domains import DomainData
 from cdlm_dist.data.streams import MultiDomainStream
 from cdlm_dist.evaluation.accuracy import accuracy
 from cdlm_dist.model.cdlm import CDLM, build_model
+from cdlm_dist.model.sync_norm import convert_sync_batchnorm
 from cdlm_dist.training.checkpoint import rng_state, set_rng_state
 from cdlm_dist.training.context import RunContext
 from cdlm_dist.training.step import train_step
@@ -78,7 +79,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
     seed_everything(cfg.train.seed)
     model = build_model(cfg, len(domains), domains[0].num_classes).to(ctx.device)
     if cfg.train.sync_batchnorm and ctx.world_size > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model)  # torch's own refuses CPU (gloo) tensors
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                  weight_decay=cfg.train.weight_decay)
     start, history, best = 0, [], None
