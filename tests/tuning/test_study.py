@@ -1,0 +1,82 @@
+"""The study as the sweep's ledger: orphan recovery, ASHA re-seeding, label-free metrics (no Ray
+cluster needed)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from cdlm_dist.tuning.search import (
+    ATTR_EXPERIMENT,
+    ATTR_ORPHANED,
+    ATTR_RESUMED_FROM,
+    ATTR_TUNE_ID,
+    finished_trials,
+    recover_orphans,
+    seed_asha_rungs,
+    trial_dir_name,
+)
+from cdlm_dist.tuning.trainable import ORACLE, RESUME_KEY, STATE_FILE, trial_metrics
+
+SPACE = {"loss.l_adv": FloatDistribution(0.01, 10.0, log=True)}
+
+
+@pytest.fixture
+def study(tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s",
+                               direction="maximize")
+
+
+def test_orphans_are_failed_and_requeued_with_their_checkpoint(study, tmp_path):
+    done = study.ask(SPACE)
+    study.tell(done, 0.5)
+    running = study.ask(SPACE)
+    running.set_user_attr(ATTR_EXPERIMENT, "tune_0")
+    running.set_user_attr(ATTR_TUNE_ID, "abc_00001")
+    ckpt = tmp_path / "tune_0" / trial_dir_name("abc_00001") / "checkpoint_000000"
+    ckpt.mkdir(parents=True)
+    torch.save({"model": {}}, ckpt / STATE_FILE)
+
+    assert recover_orphans(study, tmp_path) == 1
+
+    states = {t.number: t.state for t in study.trials}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, 2: TrialState.WAITING}
+    assert study.trials[1].user_attrs[ATTR_ORPHANED] is True
+    assert [t.number for t in finished_trials(study)] == [0]
+    assert recover_orphans(study, tmp_path) == 0  # idempotent
+    rerun = study.ask(SPACE)  # what OptunaSearch gets next: the same point, not a new sample
+    assert rerun.number == 2 and rerun.params == running.params
+    assert rerun.user_attrs[ATTR_RESUMED_FROM] == 1
+    assert rerun.user_attrs[RESUME_KEY] == str(ckpt.parent)
+
+
+def test_asha_rungs_are_reseeded_from_the_study(study):
+    from ray.tune.schedulers import ASHAScheduler
+
+    for value in (0.2, 0.4, 0.6, 0.8):
+        t = study.ask(SPACE)
+        t.report(value, 1)
+        t.report(value + 0.1, 2)
+        study.tell(t, value + 0.1)
+    asha = ASHAScheduler(time_attr="epoch", metric="score", mode="max", max_t=4,
+                         grace_period=1, reduction_factor=2)
+    # rungs at epochs 1 and 2 (and 4, which no trial reached): 4 values each
+    assert seed_asha_rungs(asha, finished_trials(study)) == 8
+    rungs = dict(asha._brackets[0]._rungs)
+    assert sorted(rungs[1].values()) == [0.2, 0.4, 0.6, 0.8]
+    assert asha._brackets[0].cutoff(rungs[1]) == pytest.approx(0.5)  # median with rf=2
+
+
+def test_trial_metrics_are_label_free_except_the_oracle_column():
+    history = [{"step": 3, "score": 0.7, "target_acc": 0.4, "val_acc/a": 0.7, "test_acc/b": 0.4},
+               {"step": 6, "score": 0.6, "target_acc": 0.5, "val_acc/a": 0.6, "test_acc/b": 0.5}]
+    m = trial_metrics(history, 6, steps_per_epoch=3)
+    assert m["epoch"] == 2 and m["step"] == 6
+    assert m["score"] == 0.7  # the best so far: what cdlm-train would select
+    assert m["eval_score"] == 0.6
+    assert m[ORACLE] == 0.4  # target accuracy of the selected weights, not the best one (0.5)
+    assert not any("target" in k or "test_acc" in k for k in m if k != ORACLE)
