@@ -54,6 +54,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def console_scripts(root: Path) -> dict[str, str]:
+    """pyproject's [project.scripts] (tomllib is Python 3.11+, and we support 3.10)."""
+    text = (root / "pyproject.toml").read_text()
+    section = re.search(r"^\[project\.scripts\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S).group(1)
+    return dict(re.findall(r'^([\w-]+)\s*=\s*"([^"]+)"', section, re.M))
+
+
+@pytest.fixture
+def scripts() -> dict[str, str]:
+    return console_scripts(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture
+def unused_address() -> str:
+    """An http address on loopback where nothing listens."""
+    return f"http://{LOOPBACK}:{free_port()}"
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:

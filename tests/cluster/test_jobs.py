@@ -1,0 +1,182 @@
+"""cdlm-submit's pieces without a cluster: job directories, result transport, addresses, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import sys
+import tarfile
+import types
+from pathlib import Path
+
+import pytest
+
+from cdlm_dist.cli.submit import main
+from cdlm_dist.jobs import COMMANDS, remote
+from cdlm_dist.jobs.client import (
+    SubmitError,
+    build_entrypoint,
+    resolve_address,
+    with_cluster_defaults,
+)
+from cdlm_dist.jobs.results import (
+    MANIFEST,
+    ResultsError,
+    download,
+    pack,
+    read_archive_text,
+    unpack,
+    write_archive_text,
+)
+
+FAKE = "cdlm-fake"
+
+
+def _fake_command(monkeypatch, exit_code: int = 0) -> None:
+    """A stand-in for cdlm-train: writes runs/fake/summary.json where it runs."""
+
+    def fake_main(argv: list[str]) -> int:
+        run = Path("runs") / "fake"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"argv": argv}))
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "step_3.pt").write_bytes(b"weights")
+        return exit_code
+
+    module = types.ModuleType("cdlm_fake_cmd")
+    module.main = fake_main
+    monkeypatch.setitem(sys.modules, "cdlm_fake_cmd", module)
+    monkeypatch.setitem(remote.COMMANDS, FAKE, "cdlm_fake_cmd:main")
+
+
+@pytest.fixture
+def uploaded(tmp_path: Path, monkeypatch) -> Path:
+    """What Ray extracts a working_dir to, as the job's cwd (shared by jobs with equal code)."""
+    src = tmp_path / "pkg"
+    (src / "configs").mkdir(parents=True)
+    (src / "configs" / "train.yaml").write_text("x: 1\n")
+    (src / "data.parquet").write_bytes(b"rows")
+    monkeypatch.chdir(src)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return src
+
+
+def test_job_runs_in_its_own_dir_with_the_code_linked(uploaded: Path, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    _fake_command(monkeypatch)
+    storage = tmp_path / "jobs"
+    assert remote.main(["run", "--job-id", "j1", "--storage", str(storage), "--", FAKE,
+                        "a=1", "b=x y"]) == 0
+    job_dir = storage / "j1"
+    assert json.loads((job_dir / "runs/fake/summary.json").read_text()) == {"argv": ["a=1",
+                                                                                     "b=x y"]}
+    assert (job_dir / "configs").is_symlink() and (job_dir / "data.parquet").is_symlink()
+    assert not (uploaded / "runs").exists()  # the shared extract stays clean
+    manifest = json.loads((job_dir / MANIFEST).read_text())
+    assert manifest["exit_code"] == 0 and manifest["command"] == FAKE
+
+    fetched = download(str(job_dir), tmp_path / "fetched")
+    assert fetched == [MANIFEST, "runs"]  # results only, not the links to the code
+
+
+def test_failing_command_fails_the_job_and_keeps_its_manifest(uploaded: Path, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    _fake_command(monkeypatch, exit_code=2)
+    storage = tmp_path / "jobs"
+    assert remote.main(["run", "--job-id", "j2", "--storage", str(storage), FAKE]) == 2
+    assert json.loads((storage / "j2" / MANIFEST).read_text())["exit_code"] == 2
+
+
+def test_uri_storage_uploads_results_and_fetch_downloads_them(uploaded: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    _fake_command(monkeypatch)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "scratch"))
+    bucket = f"file://{tmp_path / 'bucket'}"
+    assert remote.main(["run", "--job-id", "j3", "--storage", bucket, FAKE]) == 0
+    assert (tmp_path / "bucket" / "j3" / "runs/fake/summary.json").is_file()
+    names = download(f"{bucket}/j3", tmp_path / "out")
+    assert names == [MANIFEST, "runs"]
+    assert (tmp_path / "out/runs/fake/checkpoints/step_3.pt").read_bytes() == b"weights"
+    with pytest.raises(ResultsError, match="no results"):
+        download(f"{bucket}/missing", tmp_path / "out2")
+
+
+def test_archive_survives_the_job_log(uploaded: Path, tmp_path: Path, monkeypatch) -> None:
+    _fake_command(monkeypatch)
+    storage = tmp_path / "jobs"
+    remote.main(["run", "--job-id", "j4", "--storage", str(storage), FAKE])
+    log = io.StringIO()
+    log.write("some training output\n")
+    write_archive_text(pack(storage / "j4", with_checkpoints=False), log)
+    log.write("a warning printed after the archive\n")
+    names = unpack(read_archive_text(log.getvalue().splitlines()), tmp_path / "out")
+    assert names == [MANIFEST, "runs"]
+    assert (tmp_path / "out/runs/fake/summary.json").is_file()
+    assert not (tmp_path / "out/runs/fake/checkpoints").exists()
+
+    lines = log.getvalue().splitlines()
+    corrupt = [ln.replace("A", "B") if ln.startswith("CDLM-ARCHIVE:") else ln for ln in lines]
+    with pytest.raises(ResultsError, match="corrupt"):
+        read_archive_text(corrupt)
+    with pytest.raises(ResultsError, match="no complete"):
+        read_archive_text(lines[:-3])
+
+
+def test_unpack_refuses_paths_that_leave_the_target(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ResultsError, match="refusing"):
+        unpack(buffer.getvalue(), tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_entrypoint_quotes_overrides_and_joins_the_cluster() -> None:
+    overrides = with_cluster_defaults("cdlm-train", ["run_dir=runs/${name}", "data.preset=a b"])
+    assert overrides[-1] == "runner.address=auto"
+    entry = build_entrypoint("python", "id1", "~/cdlm_jobs", "cdlm-train", overrides)
+    args = shlex.split(entry)
+    assert args[:4] == ["python", "-m", "cdlm_dist.jobs.remote", "run"]
+    assert args[args.index("--") + 1:] == ["cdlm-train", *overrides]
+    assert with_cluster_defaults("cdlm-train", ["runner.address=ray://x:1"]) == [
+        "runner.address=ray://x:1"]
+    assert with_cluster_defaults("cdlm-sweep", ["a=1"]) == ["a=1", "sweep.address=auto"]
+
+
+def test_commands_match_the_console_scripts(scripts: dict[str, str]) -> None:
+    """The names a job runs are the project's console scripts, pointing at the same functions."""
+    assert scripts["cdlm-submit"] == "cdlm_dist.cli.submit:main"
+    for name, target in COMMANDS.items():
+        if name in scripts:  # cdlm-sweep may land separately
+            assert scripts[name] == target
+    assert "cdlm-train" in scripts
+
+
+def test_addresses(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert resolve_address(None) == "http://127.0.0.1:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:8265")
+    assert resolve_address(None) == "http://10.0.0.5:8265"
+    assert resolve_address("https://ray.example:443") == "https://ray.example:443"
+    with pytest.raises(SubmitError, match="Ray Client address"):
+        resolve_address("ray://head:10001")
+
+
+def test_unreachable_cluster_is_one_clear_line(unused_address: str, capsys) -> None:
+    address = unused_address
+    assert main(["status", "some-job", "--address", address]) == 3
+    err = capsys.readouterr().err
+    assert f"cannot reach the Ray job server at {address}" in err
+    assert "kubectl port-forward" in err and "Traceback" not in err
+
+
+def test_usage_errors(capsys) -> None:
+    assert main(["deploy"]) == 2
+    assert "unknown action 'deploy'" in capsys.readouterr().err
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    with pytest.raises(SystemExit):
+        main(["fetch", "job-1"])  # --to is required: argparse's usage message
