@@ -45,6 +45,9 @@ EXCLUDES = [".git", ".venv", "venv", "runs", "outputs", "multirun", "bench_resul
             "data_cache", "shared", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache",
             ".mypy_cache", "*.pt", "*.ckpt", "*.pyc"]
 
+# The config key that says which Ray a command's driver joins.
+JOIN_CLUSTER_KEY = {"cdlm-train": "runner.address", "cdlm-sweep": "sweep.address"}
+
 META_COMMAND = "cdlm_command"
 META_ARGS = "cdlm_args"
 META_STORAGE = "cdlm_storage"
@@ -152,10 +155,12 @@ def new_job_id(command: str) -> str:
 
 
 def with_cluster_defaults(command: str, overrides: list[str]) -> list[str]:
-    """A submitted ``cdlm-train`` joins the cluster it runs on unless told otherwise."""
-    if command == "cdlm-train" and not any(o.startswith("runner.address=") for o in overrides):
-        return [*overrides, "runner.address=auto"]
-    return list(overrides)
+    """A submitted job joins the cluster it runs on (its "local" default would start a private
+    Ray inside the driver) unless the overrides say otherwise."""
+    key = JOIN_CLUSTER_KEY[command]
+    if any(o.lstrip("+").startswith(f"{key}=") for o in overrides):
+        return list(overrides)
+    return [*overrides, f"{key}=auto"]
 
 
 def build_entrypoint(python: str, job_id: str, storage: str, command: str,
