@@ -88,7 +88,7 @@ def _tune(cfg: DictConfig, train_cfg: DictConfig, params: list, study, storage,
     trials_so_far = len(study.get_trials(deepcopy=False))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=train_cfg, domains=domains,
-                             trial_cpus=s.trial_cpus),
+                             trial_cpus=s.trial_cpus, experiment_dir=str(directory / experiment)),
         {"cpu": s.trial_cpus, "gpu": s.trial_gpus})
     tuner = tune.Tuner(
         trainable,

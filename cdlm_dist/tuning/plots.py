@@ -13,6 +13,7 @@ from cdlm_dist.tuning.space import Param
 PLANE_AXES = ("loss.l_adv", "loss.l_con")
 FIG_SIZE = (6.0, 4.5)
 DPI = 120
+POINT_SIZE, STAR_SIZE = 60, 300  # scatter marker areas (points^2): trials, the selected one
 
 
 def param_importance(frame: pd.DataFrame, study, params: list[Param], min_trials: int,
@@ -88,15 +89,18 @@ def plot_plane(frame: pd.DataFrame, params: list[Param], best_number: int | None
     full, early = done[done["full_budget"]], done[~done["full_budget"]]
     lo, hi = (done["score"].min(), done["score"].max()) if len(done) else (0.0, 1.0)
     points = ax.scatter(full[x_key], full[y_key], c=full["score"], cmap="viridis",
-                        vmin=lo, vmax=hi, s=60, edgecolors="k")
-    ax.scatter(early[x_key], early[y_key], facecolors="none", edgecolors="grey", s=60,
-               label="stopped early (ASHA)")
+                        vmin=lo, vmax=hi, s=POINT_SIZE, edgecolors="k")
+    if len(early):
+        ax.scatter(early[x_key], early[y_key], facecolors="none", edgecolors="grey",
+                   s=POINT_SIZE, label="stopped early (ASHA)")
     if best_number is not None:
         best = done[done["number"] == best_number]
-        ax.scatter(best[x_key], best[y_key], marker="*", s=300, c="red", label="selected")
-    for key, set_scale in ((x_key, ax.set_xscale), (y_key, ax.set_yscale)):
-        if by_key[key].log:
+        ax.scatter(best[x_key], best[y_key], marker="*", s=STAR_SIZE, c="red", label="selected")
+    for p, set_scale, set_lim in ((by_key[x_key], ax.set_xscale, ax.set_xlim),
+                                  (by_key[y_key], ax.set_yscale, ax.set_ylim)):
+        if p.log:
             set_scale("log")
+        set_lim(p.low, p.high)  # the whole searched range, so coverage shows
     ax.set_xlabel(x_key)
     ax.set_ylabel(y_key)
     fig.colorbar(points, ax=ax, label="score (source val acc, label-free)")

@@ -14,7 +14,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cdlm_dist.config import ConfigError
-from cdlm_dist.tuning.trainable import EPOCH, RECORDED_METRICS, RESUME_KEY, STATE_FILE
+from cdlm_dist.tuning.trainable import (
+    EPOCH,
+    RECORDED_METRICS,
+    RESUME_KEY,
+    has_checkpoint,
+    trial_dir_name,
+)
 
 STUDY_DB = "study.db"
 # Optuna user attributes of a trial (beside the recorded metrics)
@@ -69,11 +75,6 @@ def make_sampler(cfg: DictConfig, trials_so_far: int):
         constant_liar=cfg.sweep.max_concurrent_trials > 1)
 
 
-def trial_dir_name(trial_id: str) -> str:
-    """Tune trial directory name: fixed by trial id so an orphan's checkpoints can be found."""
-    return f"trial_{trial_id}"
-
-
 def trial_dirname(trial: Any) -> str:
     """TuneConfig.trial_dirname_creator."""
     return trial_dir_name(trial.trial_id)
@@ -93,7 +94,7 @@ def recover_orphans(study, directory: Path) -> int:
         if ATTR_EXPERIMENT in t.user_attrs and ATTR_TUNE_ID in t.user_attrs:
             trial_dir = (directory / t.user_attrs[ATTR_EXPERIMENT]
                          / trial_dir_name(t.user_attrs[ATTR_TUNE_ID]))
-            if any(trial_dir.glob(f"checkpoint_*/{STATE_FILE}")):
+            if has_checkpoint(trial_dir):
                 attrs[RESUME_KEY] = str(trial_dir)
         study._storage.set_trial_user_attr(t._trial_id, ATTR_ORPHANED, True)
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)

@@ -30,6 +30,18 @@ RESUME_KEY = "_resume_from"  # trial-config key: a previous driver's trial direc
 ORACLE = "oracle_target_acc"  # target accuracy of the label-free selection: reported, not used
 # Reported metrics that the study keeps per trial (as user attributes) for the results table.
 RECORDED_METRICS = ("score", "eval_score", ORACLE, "step", EPOCH, "selected_step")
+NESTED_SUBDIR = "ray"  # runner=ray trials: Ray Train's checkpoints, inside the Tune trial's folder
+
+
+def trial_dir_name(trial_id: str) -> str:
+    """A Tune trial's folder name, fixed by its id so a later driver can find its checkpoints."""
+    return f"trial_{trial_id}"
+
+
+def has_checkpoint(trial_dir: Path) -> bool:
+    """Whether a trial folder holds a loop state (its own Tune checkpoints or nested Train's)."""
+    return any(trial_dir.glob(f"checkpoint_*/{STATE_FILE}")) or any(
+        trial_dir.glob(f"{NESTED_SUBDIR}/*/checkpoint_*/{STATE_FILE}"))
 
 
 def trial_metrics(history: list[dict[str, float]], step: int, steps_per_epoch: int
@@ -96,8 +108,9 @@ class TuneContext(RunContext):
 
 
 def run_trial(config: dict[str, Any], base: DictConfig, domains: list[DomainData],
-              trial_cpus: float) -> None:
-    """Tune's function trainable: ``config`` holds the sampled parameters (dotted keys)."""
+              trial_cpus: float, experiment_dir: str) -> None:
+    """Tune's function trainable: ``config`` holds the sampled parameters (dotted keys);
+    ``experiment_dir`` is this Tune experiment's folder in the sweep directory."""
     from ray import tune
 
     params = dict(config)
@@ -105,9 +118,14 @@ def run_trial(config: dict[str, Any], base: DictConfig, domains: list[DomainData
     cfg = apply_params(base, params)
     cfg.train.progress = False
     torch.set_num_threads(cfg.train.num_threads or max(1, int(trial_cpus)))
-    run_dir = Path(tune.get_context().get_trial_dir())
-    cfg.name = f"{cfg.name}_{run_dir.name}"
+    run_dir = Path(tune.get_context().get_trial_dir())  # local: metrics.jsonl, synced by Tune
     if cfg.runner.name == "ray":
+        # Train's checkpoints go to the trial's folder in the sweep directory (persistent, unlike
+        # the local trial dir); an orphan's rerun continues the orphan's Train run there.
+        home = Path(resume_from or Path(experiment_dir) / trial_dir_name(
+            tune.get_context().get_trial_id()))
+        cfg.name = f"{cfg.name}_{home.name}"
+        cfg.runner.storage_path = str(home / NESTED_SUBDIR)
         _run_nested(cfg, domains, run_dir)
         return
     ctx = TuneContext(run_dir, resolve_device(cfg.train.device), cfg.train.checkpoint_every,

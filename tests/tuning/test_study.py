@@ -17,9 +17,14 @@ from cdlm_dist.tuning.search import (
     finished_trials,
     recover_orphans,
     seed_asha_rungs,
-    trial_dir_name,
 )
-from cdlm_dist.tuning.trainable import ORACLE, RESUME_KEY, STATE_FILE, trial_metrics
+from cdlm_dist.tuning.trainable import (
+    ORACLE,
+    RESUME_KEY,
+    STATE_FILE,
+    trial_dir_name,
+    trial_metrics,
+)
 
 SPACE = {"loss.l_adv": FloatDistribution(0.01, 10.0, log=True)}
 

@@ -29,7 +29,7 @@ from cdlm_dist.tuning.results import (
     retrain_overrides,
 )
 from cdlm_dist.tuning.search import ATTR_ORPHANED, ATTR_RESUMED_FROM
-from cdlm_dist.tuning.trainable import ORACLE, RESUME_KEY, STATE_FILE
+from cdlm_dist.tuning.trainable import ORACLE, RESUME_KEY, STATE_FILE, trial_dir_name
 from tests.tuning.conftest import sweep_overrides
 
 pytestmark = pytest.mark.ray
@@ -85,7 +85,7 @@ def test_retraining_the_exported_best_reproduces_its_score(small_sweep):
     assert retrained["selected_score"] == pytest.approx(summary["best_score"], abs=1e-6)
     trial = pd.read_parquet(directory / TRIALS_FILE).set_index("number").loc[
         summary["best_trial"]]
-    last = sorted((directory / trial["tune_experiment"] / f"trial_{trial['tune_trial_id']}")
+    last = sorted((directory / trial["tune_experiment"] / trial_dir_name(trial["tune_trial_id"]))
                   .glob(f"checkpoint_*/{STATE_FILE}"))[-1]
     trial_history = torch.load(last, weights_only=True)["history"]
     run_ckpt = sorted((directory / "best_run" / "checkpoints").glob("step_*.pt"))[-1]
