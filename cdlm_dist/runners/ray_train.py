@@ -153,8 +153,12 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 # ---- the driver side --------------------------------------------------------------------------
-def run_ray(cfg: Config, domains: list[DomainData], run_dir: Path) -> TrainResult:
-    """Train on ``runner.num_workers`` Ray Train workers; resumes a run of the same name."""
+def run_ray(cfg: Config, domains: list[DomainData], run_dir: Path,
+            callbacks: list[Any] | None = None) -> TrainResult:
+    """Train on ``runner.num_workers`` Ray Train workers; resumes a run of the same name.
+
+    ``callbacks``: Ray Train V2 ``UserCallback``s (e.g. a sweep forwarding reports to Tune).
+    """
     import ray
     from ray.train import (
         CheckpointConfig,
@@ -180,7 +184,7 @@ def run_ray(cfg: Config, domains: list[DomainData], run_dir: Path) -> TrainResul
         scaling_config=ScalingConfig(num_workers=runner.num_workers, use_gpu=runner.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name=cfg.name, storage_path=storage,
+            name=cfg.name, storage_path=storage, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=runner.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None)),
     )
