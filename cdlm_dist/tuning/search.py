@@ -112,6 +112,10 @@ def make_searcher(cfg: DictConfig, space: dict[str, Any], storage, experiment: s
         reports intermediate values by epoch (not Tune's iteration, which restarts when a trial
         is resumed), stores the oracle column as a user attribute, and fails errored trials."""
 
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._epochs_reported: dict[str, set[int]] = {}  # Tune trial id -> epochs in study
+
         def suggest(self, trial_id: str) -> dict | None:
             params = super().suggest(trial_id)
             if params is None:
@@ -125,12 +129,22 @@ def make_searcher(cfg: DictConfig, space: dict[str, Any], storage, experiment: s
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
-            self._ot_trials[trial_id].report(result[self.metric], int(result[EPOCH]))
+            self._report(trial_id, result)
+
+        def _report(self, trial_id: str, result: dict) -> None:
+            epoch = int(result[EPOCH])
+            seen = self._epochs_reported.setdefault(trial_id, set())
+            if epoch not in seen:
+                self._ot_trials[trial_id].report(result[self.metric], epoch)
+                seen.add(epoch)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
             ot = self._ot_trials.get(trial_id)
             if ot is not None and result and not error and trial_id not in self._completed_trials:
+                # Tune passes the last result (the one ASHA stopped on, or the final epoch) here
+                # and not to on_trial_result; the rungs re-seeded after a resume need it
+                self._report(trial_id, result)
                 for key in RECORDED_METRICS:
                     if key in result:
                         ot.set_user_attr(key, result[key])

@@ -85,3 +85,26 @@ def test_trial_metrics_are_label_free_except_the_oracle_column():
     assert m["eval_score"] == 0.6
     assert m[ORACLE] == 0.4  # target accuracy of the selected weights, not the best one (0.5)
     assert not any("target" in k or "test_acc" in k for k in m if k != ORACLE)
+
+
+def test_searcher_records_the_last_result_and_fails_errored_trials(sweep_cfg, study):
+    """Tune hands the result ASHA stops on to on_trial_complete only: it must reach the study
+    (ASHA's rungs are re-seeded from it); an errored trial's partial result must not count."""
+    from cdlm_dist.tuning.search import make_searcher
+
+    searcher = make_searcher(sweep_cfg, SPACE, study._storage, "tune_0", trials_so_far=0)
+    config = searcher.suggest("stopped")
+    assert set(config) == {"loss.l_adv"}
+    searcher.on_trial_result("stopped", {"score": 0.3, "epoch": 1})
+    searcher.on_trial_complete("stopped", {"score": 0.4, "epoch": 2, ORACLE: 0.25, "step": 6})
+    searcher.suggest("crashed")
+    searcher.on_trial_complete("crashed", {"score": 0.9, "epoch": 1}, error=True)
+
+    stopped, crashed = optuna.load_study(study_name=sweep_cfg.sweep.study_name,
+                                         storage=study._storage).trials
+    assert stopped.state == TrialState.COMPLETE and stopped.value == 0.4
+    assert stopped.intermediate_values == {1: 0.3, 2: 0.4}
+    assert stopped.user_attrs[ORACLE] == 0.25
+    assert stopped.user_attrs[ATTR_TUNE_ID] == "stopped"
+    assert stopped.user_attrs[ATTR_EXPERIMENT] == "tune_0"
+    assert crashed.state == TrialState.FAIL
