@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -44,6 +45,10 @@ HTTP_NOT_FOUND = "status code 404"
 EXCLUDES = [".git", ".venv", "venv", "runs", "outputs", "multirun", "bench_results",
             "data_cache", "shared", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache",
             ".mypy_cache", "*.pt", "*.ckpt", "*.pyc"]
+
+# Ray's job client logs every upload, default exclude and closed log stream; we say what matters.
+QUIET_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                 "ray._private.runtime_env")
 
 # The config key that says which Ray a command's driver joins.
 JOIN_CLUSTER_KEY = {"cdlm-train": "runner.address", "cdlm-sweep": "sweep.address"}
@@ -86,13 +91,14 @@ def auth_token() -> str | None:
     if os.environ.get("RAY_AUTH_TOKEN"):
         return os.environ["RAY_AUTH_TOKEN"].strip()
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if not path and os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-        path = str(Path.home() / ".ray" / "auth_token")
-    if path:
+    if path:  # named explicitly: not finding it is an error
         try:
             return Path(path).expanduser().read_text().strip() or None
         except OSError as exc:
             raise SubmitError(f"cannot read the Ray auth token file {path}: {exc}") from exc
+    default = Path.home() / ".ray" / "auth_token"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and default.is_file():
+        return default.read_text().strip() or None
     return None
 
 
@@ -106,6 +112,8 @@ def connect(address: str) -> Any:
     except ImportError as exc:
         raise SubmitError(f"cdlm-submit needs Ray's job client ({exc}): "
                           "pip install 'ray[default]'") from exc
+    for name in QUIET_LOGGERS:  # after importing Ray, which configures its loggers on import
+        logging.getLogger(name).setLevel(logging.ERROR)
     token = auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:

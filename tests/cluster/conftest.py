@@ -27,6 +27,11 @@ from pathlib import Path
 
 import pytest
 
+try:  # Ray binds its log handlers to the sys.stderr of its first import: make that pytest's
+    import ray.job_submission  # noqa: F401  session stream, not a test's capsys (closed later)
+except ImportError:
+    pass
+
 LOOPBACK = "127.0.0.1"
 HEAD_START_TIMEOUT_S = 120
 STOP_GRACE_S = 30

@@ -82,6 +82,15 @@ def test_failed_job_reports_its_log_and_missing_results(ray_head, tmp_path: Path
     assert "last 20 log lines" in err and "unknown config key 'train.stepz'" in err
     assert "Traceback" not in err
 
+    code, out, _ = _cli(ray_head, capsys, "logs", job_id)
+    assert code == 0 and "unknown config key 'train.stepz'" in out
+    code, out, _ = _cli(ray_head, capsys, "list")
+    assert code == 0 and job_id in out and "FAILED" in out
+    code, out, _ = _cli(ray_head, capsys, "stop", job_id)
+    assert code == 0 and "was not running; now FAILED" in out
+    code, out, _ = _cli(ray_head, capsys, "status", job_id)
+    assert code == 1 and "FAILED" in out
+
     # Results that are gone: the export job says so, and so do we (exit 4, no traceback).
     shutil.rmtree(ray_head.storage / job_id)
     code, _, err = _cli(ray_head, capsys, "fetch", job_id, "--to", str(tmp_path / "gone"))
