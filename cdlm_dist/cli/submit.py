@@ -3,6 +3,7 @@
 Usage:
     cdlm-submit train [OVERRIDES...] [--follow] [--address URL] [--storage PATH|URI]
     cdlm-submit sweep [OVERRIDES...] [--follow] ...
+    cdlm-submit train [OVERRIDES...] --resume JOB_ID   # continue a stopped/failed job
     cdlm-submit status JOB_ID | logs JOB_ID [--follow] | stop JOB_ID | list
     cdlm-submit fetch JOB_ID --to DIR [--via auto|direct|job] [--no-checkpoints]
 
@@ -33,6 +34,8 @@ from cdlm_dist.jobs.client import (
     EXIT_JOB_FAILED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    META_RESULTS,
+    META_STORAGE,
     SubmitError,
     connect,
     ensure_succeeded,
@@ -44,7 +47,7 @@ from cdlm_dist.jobs.client import (
     submit,
     wait,
 )
-from cdlm_dist.jobs.results import DEFAULT_STORAGE
+from cdlm_dist.jobs.results import DEFAULT_STORAGE, join
 
 ACTIONS = ("train", "sweep", "status", "logs", "stop", "fetch", "list")
 EXIT_INTERRUPTED = 130
@@ -67,6 +70,8 @@ def _parser(action: str) -> argparse.ArgumentParser:
         p.add_argument("--num-gpus", type=float, help="GPUs reserved for the driver "
                                                       "(runner=local on a GPU node)")
         p.add_argument("--job-id", help="submission id (default: cdlm-<cmd>-<time>-<random>)")
+        p.add_argument("--resume", metavar="JOB_ID",
+                       help="run in that finished job's directory: continue its run or sweep")
     elif action != "list":
         p.add_argument("job_id")
     if action == "logs":
@@ -90,8 +95,9 @@ def _submit(client, args: argparse.Namespace, action: str, address: str) -> int:
     root = args.working_dir.resolve() if args.working_dir else find_project_root()
     job_id = submit(client, command, args.overrides, storage=args.storage, root=root,
                     python=args.python, pip=args.pip, num_cpus=args.num_cpus,
-                    num_gpus=args.num_gpus, job_id=args.job_id)
-    print(f"cdlm-submit: submitted {command} job {job_id} to {address}", flush=True)
+                    num_gpus=args.num_gpus, job_id=args.job_id, resume=args.resume)
+    resumed = f", resuming {args.resume}" if args.resume else ""
+    print(f"cdlm-submit: submitted {command} job {job_id} to {address}{resumed}", flush=True)
     if not args.follow:
         print(f"  status:  cdlm-submit status {job_id}\n"
               f"  logs:    cdlm-submit logs {job_id} --follow\n"
@@ -107,8 +113,10 @@ def _submit(client, args: argparse.Namespace, action: str, address: str) -> int:
 def _status(client, job_id: str) -> int:
     info = job_info(client, job_id)
     meta = info.metadata or {}
+    results = (join(meta[META_STORAGE], meta.get(META_RESULTS, job_id))
+               if META_STORAGE in meta else "-")
     rows = [("job", job_id), ("status", info.status), ("message", info.message),
-            ("entrypoint", info.entrypoint), ("storage", meta.get("cdlm_storage", "-"))]
+            ("entrypoint", info.entrypoint), ("results", results)]
     for key, value in rows:
         print(f"{key:<11}{value}")
     return 0 if str(info.status) in ("SUCCEEDED", "RUNNING", "PENDING") else EXIT_JOB_FAILED

@@ -56,6 +56,7 @@ JOIN_CLUSTER_KEY = {"cdlm-train": "runner.address", "cdlm-sweep": "sweep.address
 META_COMMAND = "cdlm_command"
 META_ARGS = "cdlm_args"
 META_STORAGE = "cdlm_storage"
+META_RESULTS = "cdlm_results_id"  # the job directory's name: the job's own id, or a resumed job's
 
 FORWARD_HINT = ("is the cluster up and its job server port forwarded here? "
                 "VM cluster: `ray dashboard cluster/aws.yaml`; KubeRay: `kubectl port-forward "
@@ -180,24 +181,48 @@ def build_entrypoint(python: str, job_id: str, storage: str, command: str,
 def submit(client: Any, command: str, overrides: list[str], *, storage: str,
            root: Path | None, python: str = "python", pip: list[str] | None = None,
            num_cpus: float | None = None, num_gpus: float | None = None,
-           job_id: str | None = None) -> str:
-    """Submit ``command overrides`` as a Ray job; returns its submission id."""
+           job_id: str | None = None, resume: str | None = None) -> str:
+    """Submit ``command overrides`` as a Ray job; returns its submission id.
+
+    ``resume``: run in that earlier job's directory (and storage), so cdlm-train continues from
+    its latest checkpoint and cdlm-sweep from its study, as rerunning a command does locally.
+    """
     if command not in COMMANDS:
         raise SubmitError(f"unknown command {command!r}; one of {sorted(COMMANDS)}")
+    job_id = job_id or new_job_id(command)
+    results_id = job_id
+    if resume:
+        storage, results_id = _resumable(client, resume)
     if not (is_uri(storage) or storage.startswith(("/", "~"))):
         raise SubmitError(f"--storage {storage!r} must be absolute, ~/..., or a URI (s3://...)")
-    job_id = job_id or new_job_id(command)
     overrides = with_cluster_defaults(command, overrides)
     resources = {k: v for k, v in (("entrypoint_num_cpus", num_cpus),
                                    ("entrypoint_num_gpus", num_gpus)) if v is not None}
     try:
         return client.submit_job(
-            entrypoint=build_entrypoint(python, job_id, storage, command, overrides),
+            entrypoint=build_entrypoint(python, results_id, storage, command, overrides),
             submission_id=job_id, runtime_env=runtime_env(root, pip),
             metadata={META_COMMAND: command, META_ARGS: json.dumps(overrides),
-                      META_STORAGE: storage}, **resources)
+                      META_STORAGE: storage, META_RESULTS: results_id}, **resources)
     except RuntimeError as exc:
         raise SubmitError(f"the job server refused job {job_id}: {exc}") from exc
+
+
+def _results_of(info: Any, job_id: str) -> tuple[str, str]:
+    """(storage, directory id) of a job cdlm-submit submitted."""
+    meta = info.metadata or {}
+    if META_STORAGE not in meta:
+        raise SubmitError(f"job {job_id} was not submitted by cdlm-submit: its metadata names no "
+                          "results storage", EXIT_NOT_FOUND)
+    return meta[META_STORAGE], meta.get(META_RESULTS, job_id)
+
+
+def _resumable(client: Any, job_id: str) -> tuple[str, str]:
+    info = job_info(client, job_id)
+    if not info.status.is_terminal():
+        raise SubmitError(f"job {job_id} is still {info.status}; `cdlm-submit stop {job_id}` "
+                          "before resuming it")
+    return _results_of(info, job_id)
 
 
 def job_info(client: Any, job_id: str) -> Any:
@@ -279,16 +304,13 @@ def fetch(client: Any, job_id: str, to: Path, *, via: str = "auto", with_checkpo
           root: Path | None = None, python: str = "python") -> list[str]:
     """Copy the job's results into ``to``; returns the top-level names copied."""
     info = job_info(client, job_id)
-    storage = (info.metadata or {}).get(META_STORAGE)
-    if not storage:
-        raise SubmitError(f"job {job_id} was not submitted by cdlm-submit: its metadata names no "
-                          "results storage", EXIT_NOT_FOUND)
+    storage, results_id = _results_of(info, job_id)
     if not info.status.is_terminal():
         print(f"cdlm-submit: job {job_id} is {info.status}; fetching what it wrote so far",
               file=sys.stderr)
-    direct = is_uri(storage) or local_job_dir(storage, job_id).is_dir()
+    direct = is_uri(storage) or local_job_dir(storage, results_id).is_dir()
     if via == "direct" or (via == "auto" and direct):
-        location = join(storage, job_id)
+        location = join(storage, results_id)
         try:
             return download(location, to)
         except ResultsError as exc:
@@ -298,7 +320,7 @@ def fetch(client: Any, job_id: str, to: Path, *, via: str = "auto", with_checkpo
     if is_uri(storage):
         raise SubmitError(f"job {job_id} stored its results in {storage}; fetch them with "
                           "--via direct (needs credentials for that storage here)")
-    return _fetch_via_job(client, job_id, storage, to, with_checkpoints, root, python)
+    return _fetch_via_job(client, results_id, storage, to, with_checkpoints, root, python)
 
 
 def _fetch_via_job(client: Any, job_id: str, storage: str, to: Path, with_checkpoints: bool,

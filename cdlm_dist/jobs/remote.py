@@ -29,6 +29,7 @@ from cdlm_dist.jobs.results import (
     OUTPUT_NAMES,
     TOO_BIG_MARK,
     ResultsError,
+    download,
     is_uri,
     join,
     local_job_dir,
@@ -82,6 +83,7 @@ def run(job_id: str, storage: str, command: str, argv: list[str]) -> int:
     src = Path.cwd()
     job_dir = local_job_dir(storage, job_id)
     prepare_job_dir(src, job_dir)
+    _restore(job_dir, storage, job_id)
     os.chdir(job_dir)
     sys.path.insert(0, str(src))  # imports keep resolving to the uploaded code
     record = {"job_id": job_id, "command": command, "args": argv, "host": socket.gethostname(),
@@ -95,6 +97,17 @@ def run(job_id: str, storage: str, command: str, argv: list[str]) -> int:
         _write_manifest(job_dir, record | {"exit_code": code, "finished": time.time()})
         uploaded = _publish(job_dir, storage, job_id)
     return code or (0 if uploaded else 1)
+
+
+def _restore(job_dir: Path, storage: str, job_id: str) -> None:
+    """A resumed job on URI storage starts from what its earlier run uploaded (if anything)."""
+    if not is_uri(storage):
+        return  # the directory itself persists on the node
+    try:
+        names = download(join(storage, job_id), job_dir)
+    except ResultsError:
+        return  # a new job: nothing there yet
+    print(f"cdlm-job: restored {', '.join(names)} from {join(storage, job_id)}", flush=True)
 
 
 def _publish(job_dir: Path, storage: str, job_id: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shlex
+import shutil
 import sys
 import tarfile
 import types
@@ -15,9 +16,12 @@ import pytest
 from cdlm_dist.cli.submit import main
 from cdlm_dist.jobs import COMMANDS, remote
 from cdlm_dist.jobs.client import (
+    META_RESULTS,
     SubmitError,
     build_entrypoint,
+    fetch,
     resolve_address,
+    submit,
     with_cluster_defaults,
 )
 from cdlm_dist.jobs.results import (
@@ -33,14 +37,37 @@ from cdlm_dist.jobs.results import (
 FAKE = "cdlm-fake"
 
 
+class FakeClient:
+    """The parts of JobSubmissionClient that submit() and fetch() use, in memory."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict] = {}
+
+    def submit_job(self, **kw) -> str:
+        self.jobs[kw["submission_id"]] = kw | {"status": "RUNNING"}
+        return kw["submission_id"]
+
+    def get_job_info(self, job_id: str) -> types.SimpleNamespace:
+        from ray.job_submission import JobStatus
+
+        if job_id not in self.jobs:
+            raise RuntimeError("Request failed with status code 404: no such job")
+        job = self.jobs[job_id]
+        return types.SimpleNamespace(status=JobStatus(job["status"]), metadata=job["metadata"])
+
+
 def _fake_command(monkeypatch, exit_code: int = 0) -> None:
-    """A stand-in for cdlm-train: writes runs/fake/summary.json where it runs."""
+    """A stand-in for cdlm-train: writes runs/fake/summary.json where it runs (resuming:
+    counts the runs, as a resumed cdlm-train continues from what the last one left)."""
 
     def fake_main(argv: list[str]) -> int:
         run = Path("runs") / "fake"
-        run.mkdir(parents=True)
+        runs = run / "runs.txt"
+        count = int(runs.read_text()) + 1 if runs.exists() else 1
+        run.mkdir(parents=True, exist_ok=True)
+        runs.write_text(str(count))
         (run / "summary.json").write_text(json.dumps({"argv": argv}))
-        (run / "checkpoints").mkdir()
+        (run / "checkpoints").mkdir(exist_ok=True)
         (run / "checkpoints" / "step_3.pt").write_bytes(b"weights")
         return exit_code
 
@@ -180,3 +207,48 @@ def test_usage_errors(capsys) -> None:
     assert main(["--help"]) == 0
     with pytest.raises(SystemExit):
         main(["fetch", "job-1"])  # --to is required: argparse's usage message
+
+
+def test_resume_reuses_the_earlier_jobs_directory_and_storage(tmp_path: Path) -> None:
+    pytest.importorskip("ray.job_submission")
+    client = FakeClient()
+    storage = str(tmp_path / "jobs")
+    first = submit(client, "cdlm-train", ["a=1"], storage=storage, root=None)
+    args = shlex.split(client.jobs[first]["entrypoint"])
+    assert args[args.index("--job-id") + 1] == first
+    with pytest.raises(SubmitError, match="still RUNNING"):
+        submit(client, "cdlm-train", ["a=1"], storage="/elsewhere", root=None, resume=first)
+
+    client.jobs[first]["status"] = "FAILED"
+    second = submit(client, "cdlm-train", ["a=1"], storage="/elsewhere", root=None, resume=first)
+    assert second != first
+    args = shlex.split(client.jobs[second]["entrypoint"])
+    assert args[args.index("--job-id") + 1] == first  # the first job's directory ...
+    assert args[args.index("--storage") + 1] == storage  # ... in the first job's storage
+    assert client.jobs[second]["metadata"][META_RESULTS] == first
+
+    (tmp_path / "jobs" / first / "runs").mkdir(parents=True)
+    client.jobs[second]["status"] = "SUCCEEDED"
+    assert fetch(client, second, tmp_path / "out") == ["runs"]  # fetch follows it there
+    with pytest.raises(SubmitError, match="no job 'nope'") as err:
+        submit(client, "cdlm-train", [], storage=storage, root=None, resume="nope")
+    assert err.value.exit_code == 4
+
+
+def test_resumed_job_continues_in_place_and_from_uri_storage(uploaded: Path, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    _fake_command(monkeypatch)
+    storage = tmp_path / "jobs"
+    for _ in range(2):
+        monkeypatch.chdir(uploaded)  # every job starts in Ray's extracted working_dir
+        assert remote.main(["run", "--job-id", "j5", "--storage", str(storage), FAKE]) == 0
+    assert (storage / "j5/runs/fake/runs.txt").read_text() == "2"
+
+    scratch = tmp_path / "scratch"
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    bucket = f"file://{tmp_path / 'bucket'}"
+    for _ in range(2):
+        monkeypatch.chdir(uploaded)
+        assert remote.main(["run", "--job-id", "j6", "--storage", bucket, FAKE]) == 0
+        shutil.rmtree(scratch)  # a new head pod: only the bucket remembers
+    assert (tmp_path / "bucket/j6/runs/fake/runs.txt").read_text() == "2"
