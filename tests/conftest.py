@@ -37,7 +37,8 @@ def tiny_domains():
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance shared by every Ray test of the session (starting one costs
-    seconds); 4 logical CPUs so 2 workers and the controller fit on a 2-core machine."""
+    seconds); 4 logical CPUs, so 2 one-CPU workers fit even on a 2-core machine (Train V2's
+    controller takes none)."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
     yield ray
