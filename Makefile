@@ -2,7 +2,9 @@
 #   make train   the main job: CDLM on embedded data (no downloads), then its summary
 #   make test    the test suite (what CI runs)
 #   make lint    ruff
-#   make bench   accuracy benchmark (BENCH_ARGS=... to change it)
+#   make bench   accuracy benchmark (BENCH_ARGS=... to change it); bench-scaling, bench-multidomain,
+#                bench-sweep for the others
+#   make submit  submit a job to a Ray cluster (ARGS="train ... --follow")
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +13,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install train test lint bench bench-scaling clean
+.PHONY: install train test lint bench bench-scaling bench-multidomain bench-sweep submit clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 10), "cdlm-dist needs Python 3.10+; set PY=python3.x"'
@@ -36,6 +38,16 @@ bench: $(STAMP)
 
 bench-scaling: $(STAMP)
 	$(BIN)/python benchmarks/scaling.py $(BENCH_ARGS)
+
+bench-multidomain: $(STAMP)
+	$(BIN)/python benchmarks/multidomain.py $(BENCH_ARGS)
+
+bench-sweep: $(STAMP)
+	$(BIN)/python benchmarks/sweep.py $(BENCH_ARGS)
+
+# make submit ARGS="train train.steps=500 --follow"   (see docs/cluster.md)
+submit: $(STAMP)
+	$(BIN)/cdlm-submit $(ARGS)
 
 clean:
 	rm -rf runs bench_results .pytest_cache
