@@ -80,7 +80,10 @@ class TrainConfig:
     """The optimisation budget and the cadence of evaluation, logging and checkpoints."""
 
     steps: int = 1500
-    lr: float = 2e-4
+    lr: float = 1e-3
+    lr_schedule: str = "dann"  # "dann": lr / (1 + 10 p)^0.75 (Ganin et al.), or "constant"
+    lr_decay_alpha: float = 10.0
+    lr_decay_beta: float = 0.75
     weight_decay: float = 0.0
     seed: int = 0
     log_every: int = 25
@@ -144,6 +147,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pairing": ("all_pairs", "random_partner", "mean_of_others"),
     "loss.consistency": ("recon_vs_prior", "semantic", "cycle", "none"),
     "runner.name": ("local", "ray"),
+    "train.lr_schedule": ("dann", "constant"),
     "runner.backend": ("auto", "gloo", "nccl"),
 }
 

@@ -18,6 +18,14 @@ def beta_at(step: int, cfg: Config) -> float:
     return cfg.loss.beta * (min(1.0, step / warm) if warm > 0 else 1.0)
 
 
+def lr_at(step: int, cfg: Config) -> float:
+    """DANN's annealing lr / (1 + alpha p)^beta over progress p, or the constant lr."""
+    t = cfg.train
+    if t.lr_schedule == "constant":
+        return t.lr
+    return t.lr / (1.0 + t.lr_decay_alpha * step / t.steps) ** t.lr_decay_beta
+
+
 def active_domains(cfg: Config) -> list[int]:
     """Indices of the domains the model consumes: source-only never sees unlabelled data."""
     uses_unlabelled = cfg.model.use_discriminator or cfg.model.decoder != "none"
@@ -44,6 +52,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     with autocast(device, cfg.train.amp):
         out = model(xs, labelled, grl_coeff=coeff, pair_gen=pair_gen, noise_gen=noise_gen)
         total, terms = compute_losses(out, xs, ys, cfg.loss, beta_at(step, cfg))
+    for group in optimizer.param_groups:  # a function of the step: resumes exactly
+        group["lr"] = lr_at(step, cfg)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
