@@ -18,34 +18,29 @@ from __future__ import annotations
 
 import sys
 
-from omegaconf import OmegaConf
+from cdlm_dist.cli.common import EXIT_BAD_INPUT, run_command
 
-from cdlm_dist.config import ConfigError
-from cdlm_dist.training.checkpoint import CheckpointError
-
-EXIT_BAD_INPUT = 2
 EXIT_INCOMPLETE = 1
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INCOMPLETE", "format_summary", "main"]
+
+
+def _compose(args: list[str]):
+    from cdlm_dist.tuning.config import compose_sweep
+
+    return compose_sweep(args)
+
+
+def _sweep(args: list[str]) -> int:
+    from cdlm_dist.tuning.driver import run_sweep
+
+    summary = run_sweep(_compose(args))
+    print(format_summary(summary))
+    return 0 if summary["finished"] >= summary["requested"] else EXIT_INCOMPLETE
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    from cdlm_dist.tuning.config import compose_sweep
-
-    try:
-        if "--cfg" in args:
-            print(OmegaConf.to_yaml(compose_sweep([a for a in args if a != "--cfg"])))
-            return 0
-        from cdlm_dist.tuning.driver import run_sweep
-
-        summary = run_sweep(compose_sweep(args))
-    except (ConfigError, CheckpointError) as exc:
-        print(f"cdlm-sweep: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(format_summary(summary))
-    return 0 if summary["finished"] >= summary["requested"] else EXIT_INCOMPLETE
+    return run_command("cdlm-sweep", __doc__, argv, _compose, _sweep)
 
 
 def format_summary(summary: dict) -> str:

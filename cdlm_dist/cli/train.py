@@ -15,31 +15,21 @@ from __future__ import annotations
 
 import sys
 
-from omegaconf import OmegaConf
+from cdlm_dist.cli.common import EXIT_BAD_INPUT, run_command
+from cdlm_dist.config import compose
 
-from cdlm_dist.config import ConfigError, compose
-from cdlm_dist.training.checkpoint import CheckpointError
+__all__ = ["EXIT_BAD_INPUT", "main"]
 
-EXIT_BAD_INPUT = 2
+
+def _train(args: list[str]) -> int:
+    from cdlm_dist.experiment import format_summary, run_experiment
+
+    print("\nsummary\n" + format_summary(run_experiment(args)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    try:
-        if "--cfg" in args:
-            print(OmegaConf.to_yaml(compose([a for a in args if a != "--cfg"])))
-            return 0
-        from cdlm_dist.experiment import format_summary, run_experiment
-
-        summary = run_experiment(args)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"cdlm-train: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print("\nsummary\n" + format_summary(summary))
-    return 0
+    return run_command("cdlm-train", __doc__, argv, compose, _train)
 
 
 if __name__ == "__main__":
