@@ -26,6 +26,7 @@ import pandas as pd
 STRATEGIES = {"tpe+asha": ["sweep.sampler=tpe", "sweep.scheduler=asha"],
               "random": ["sweep.sampler=random", "sweep.scheduler=fifo"]}
 BENCH_FILE = "bench.json"
+WALL = "wall time (s)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,15 +44,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def cached_row(name: str, args: argparse.Namespace, out: Path) -> dict | None:
+    """The row of a strategy whose sweep finished in an earlier run of this benchmark."""
+    cached = out / study_name(name) / BENCH_FILE
+    if cached.exists():
+        row = json.loads(cached.read_text())
+        if row["finished trials"] >= args.trials:
+            return row
+    return None
+
+
+def study_name(strategy: str) -> str:
+    return strategy.replace("+", "_")
+
+
 def run_strategy(name: str, args: argparse.Namespace, out: Path) -> dict:
-    """One sweep (or its earlier result): the selected trial and what the search cost."""
+    """One sweep: the selected trial and what the search cost."""
+    import ray
+
     from cdlm_dist.tuning.config import compose_sweep
     from cdlm_dist.tuning.driver import run_sweep
 
-    study = name.replace("+", "_")
-    cached = out / study / BENCH_FILE
-    if cached.exists():
-        return json.loads(cached.read_text())
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=args.cpus or None, include_dashboard=False)
+    study = study_name(name)
     overrides = [f"data={args.pair}", f"train.steps={args.steps}",
                  f"train.eval_every={args.epoch_steps}",
                  f"train.checkpoint_every={args.epoch_steps}", "train.progress=false",
@@ -70,22 +86,26 @@ def run_strategy(name: str, args: argparse.Namespace, out: Path) -> dict:
            "its target acc (oracle)": summary.get("best_oracle_target_acc"),
            "best target acc of any trial (oracle-tuned, for reference)":
                float(done["oracle_target_acc"].max()),
-           "wall time (s)": round(wall, 1),
+           WALL: round(wall, 1),
            "selected params": json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                           for k, v in summary.get("best_params", {}).items()})}
-    cached.write_text(json.dumps(row, indent=2))
+    (out / study / BENCH_FILE).write_text(json.dumps(row, indent=2))
     return row
 
 
 def to_markdown(frame: pd.DataFrame, args: argparse.Namespace, command: str) -> str:
     cols = list(frame.columns)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    def fmt(column: str, value: object) -> str:
+        if not isinstance(value, float):
+            return str(value)
+        return f"{value:.1f}" if column == WALL else f"{value:.4f}"
+
     lines = [f"# Sweep benchmark: {args.pair}, {args.trials} trials per strategy, "
              f"{args.steps} steps per trial (reports every {args.epoch_steps})", "",
              f"Command: `{command}`", "",
              "Selection is by the label-free score; target accuracy is the oracle column.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in frame.iterrows()]
+    lines += ["| " + " | ".join(fmt(c, r[c]) for c in cols) + " |" for _, r in frame.iterrows()]
     return "\n".join(lines) + "\n"
 
 
@@ -95,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     import ray
 
-    ray.init(address="local", num_cpus=args.cpus or None, include_dashboard=False)
     try:
-        frame = pd.DataFrame([run_strategy(name, args, out) for name in STRATEGIES])
+        frame = pd.DataFrame([cached_row(name, args, out) or run_strategy(name, args, out)
+                              for name in STRATEGIES])
     finally:
         ray.shutdown()
     command = "python benchmarks/sweep.py " + shlex.join(sys.argv[1:] if argv is None else argv)
