@@ -31,6 +31,11 @@ COLUMNS = [("target_acc_selected", "target acc (selected by source val)"),
            ("target_acc_oracle", "oracle target acc (selected by target labels)")]
 
 
+def run_dir_of(job: tuple) -> Path:
+    pair, method, seed, _, _, out, _ = job
+    return Path(out) / "runs" / f"{pair}__{method}__seed{seed}"
+
+
 def one_run(args: tuple[str, str, int, int, str, str, list[str]]) -> dict:
     pair, method, seed, steps, root, out, extra = args
     import torch
@@ -38,7 +43,7 @@ def one_run(args: tuple[str, str, int, int, str, str, list[str]]) -> dict:
     torch.set_num_threads(int(os.environ.get("CDLM_BENCH_THREADS", "1")))
     from cdlm_dist.experiment import SUMMARY_FILE, run_experiment
 
-    run_dir = Path(out) / "runs" / f"{pair}__{method}__seed{seed}"
+    run_dir = run_dir_of(args)
     if (run_dir / SUMMARY_FILE).exists():
         return json.loads((run_dir / SUMMARY_FILE).read_text())
     overrides = [f"data={pair}", f"method={method}", f"train.seed={seed}",
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="", help="folder with torchvision's MNIST/ and USPS/")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 torch thread each)")
     p.add_argument("--out", default="bench_results/accuracy")
+    p.add_argument("--report-only", action="store_true",
+                   help="tabulate the runs already finished under --out; train nothing")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     a = p.parse_args(argv)
     pairs = a.pairs or (EMBEDDED_PAIRS + (REAL_PAIRS if a.data_root else []))
@@ -82,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(a.seeds)} seeds), {a.steps} steps each, {a.jobs} at a time -> {a.out}")
     start = time.time()
     rows = []
+    if a.report_only:
+        missing = [j for j in jobs if not (run_dir_of(j) / "summary.json").exists()]
+        jobs = [j for j in jobs if j not in missing]
+        for j in missing:
+            print(f"  not finished (left out of the table): {j[0]} {j[1]} seed {j[2]}")
     with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as pool:
         for job, row in zip(jobs, pool.map(one_run, jobs)):
             rows.append(row)
@@ -90,13 +102,16 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     import pandas as pd
 
+    if not rows:
+        print("no finished runs to tabulate")
+        return 1
     df = pd.DataFrame(rows)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out / "results.parquet", index=False)
     md = (f"Command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
-          f"\n\n{a.steps} steps, batch {df.get('batch', pd.Series(['per preset'])).iloc[0]} per "
-          f"domain; mean +- std over seeds {a.seeds}; accuracies in %.\n"
+          f"\n\n{a.steps} steps, each preset's data.batch_size per domain; mean +- std over "
+          f"seeds {a.seeds}; accuracies in %.\n"
           "Headline rule: checkpoint with the best source validation accuracy (no target "
           "labels). The oracle column uses target labels and is for reference only.\n\n"
           + table(df) + "\n")
