@@ -113,14 +113,17 @@ def start_ray(cfg: DictConfig) -> None:
     """Join the running Ray (tests, a Ray job) or start/join the one sweep.address names.
 
     "local" always starts a private instance (``ray.init(address="local")``): a bare
-    ``ray.init()`` would join whatever cluster was last started on this machine.
+    ``ray.init()`` would join whatever cluster was last started on this machine. Sweeps of
+    runner=ray trials get the dashboard: Ray Train's placement-group cleaner needs its state API
+    to free a trial's workers when ASHA stops the trial.
     """
     import ray
 
     s = cfg.sweep
     if not ray.is_initialized():
         if s.address == "local":
-            ray.init(address="local", num_cpus=s.num_cpus or None, include_dashboard=False)
+            ray.init(address="local", num_cpus=s.num_cpus or None,
+                     include_dashboard=cfg.runner.name == "ray")
         else:
             ray.init(address=s.address)
     have = ray.cluster_resources()

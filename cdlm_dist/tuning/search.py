@@ -159,11 +159,24 @@ def make_searcher(cfg: DictConfig, space: dict[str, Any], storage, experiment: s
 def make_scheduler(cfg: DictConfig, epochs: int, study):
     """ASHA on the label-free metric, by epoch, seeded with the study's finished trials so a
     resumed sweep stops trials against the same rungs; FIFO runs every trial to the end."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
     if cfg.sweep.scheduler == "fifo":
         return FIFOScheduler()
-    scheduler = ASHAScheduler(time_attr=EPOCH, metric=cfg.sweep.metric, mode="max",
+
+    class LastEpochASHA(ASHAScheduler):
+        """ASHA that never stops a trial at its last report. The trial ends on its own right
+        after it, and a stop there kills the trial while it shuts down: for a runner=ray trial
+        that orphans its Ray Train workers' placement group (Train's cleaner needs the state
+        API), and the next trial then waits forever for those CPUs. The last value still
+        reaches the rungs through on_trial_complete."""
+
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            if result.get(EPOCH, 0) >= epochs:
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+    scheduler = LastEpochASHA(time_attr=EPOCH, metric=cfg.sweep.metric, mode="max",
                               max_t=epochs, grace_period=cfg.sweep.grace_period,
                               reduction_factor=cfg.sweep.reduction_factor)
     seed_asha_rungs(scheduler, finished_trials(study))

@@ -9,7 +9,6 @@ unfinished trial from it (see :mod:`cdlm_dist.tuning.search`).
 
 from __future__ import annotations
 
-import inspect
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -140,19 +139,14 @@ def run_trial(config: dict[str, Any], base: DictConfig, domains: list[DomainData
 def _run_nested(cfg: DictConfig, domains: list[DomainData], run_dir: Path) -> None:
     """A multi-worker trial: Ray Train V2 nests in Tune by running its TorchTrainer inside the
     function trainable (cdlm-train's run_ray, runner.num_workers workers with their own
-    resources). Per-epoch reports need run_ray to take Train callbacks; without them the trial
-    reports once, at the end (ASHA then cannot stop it early)."""
+    resources); a Train callback forwards rank 0's per-epoch reports to Tune."""
     from ray import tune
 
     from cdlm_dist.runners.ray_train import run_ray
 
-    reporter = None
-    if "callbacks" in inspect.signature(run_ray).parameters:
-        reporter = epoch_report_callback(cfg.train.checkpoint_every)
-        result = run_ray(cfg, domains, run_dir, callbacks=[reporter])
-    else:
-        result = run_ray(cfg, domains, run_dir)
-    if reporter is None or not reporter.history:
+    reporter = epoch_report_callback(cfg.train.checkpoint_every)
+    result = run_ray(cfg, domains, run_dir, callbacks=[reporter])
+    if not reporter.history:  # resumed at the final step: report the checkpoint's result
         tune.report(trial_metrics(result.history, result.step, cfg.train.checkpoint_every))
 
 

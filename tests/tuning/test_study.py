@@ -108,3 +108,27 @@ def test_searcher_records_the_last_result_and_fails_errored_trials(sweep_cfg, st
     assert stopped.user_attrs[ATTR_TUNE_ID] == "stopped"
     assert stopped.user_attrs[ATTR_EXPERIMENT] == "tune_0"
     assert crashed.state == TrialState.FAIL
+
+
+def test_asha_stops_weak_trials_but_never_at_their_last_epoch(sweep_cfg, study):
+    """A stop at the last report would kill a finishing trial (and leak a nested Train run's
+    workers); earlier rungs still stop weak trials."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from cdlm_dist.tuning.search import make_scheduler
+
+    for value in (0.8, 0.9):
+        t = study.ask(SPACE)
+        t.report(value, 1)
+        t.report(value, 2)
+        study.tell(t, value)
+    asha = make_scheduler(sweep_cfg, 2, study)  # rungs at epochs 1 and 2, seeded
+    weak_early, weak_last = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    for trial in (weak_early, weak_last):
+        asha.on_trial_add(None, trial)
+    assert asha.on_trial_result(None, weak_early, {"epoch": 1, "score": 0.1}) == \
+        TrialScheduler.STOP
+    assert asha.on_trial_result(None, weak_last, {"epoch": 2, "score": 0.1}) == \
+        TrialScheduler.CONTINUE
