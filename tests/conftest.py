@@ -40,6 +40,7 @@ def ray_local():
     seconds); 4 logical CPUs, so 2 one-CPU workers fit even on a 2-core machine (Train V2's
     controller takes none)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
+    # address="local": a private instance, never a cluster some other test or user started
+    ray.init(address="local", num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()

@@ -89,7 +89,7 @@ def connect(runner: Any) -> None:
         return
     if runner.address == LOCAL_ADDRESS:
         need = runner.num_workers * runner.cpus_per_worker
-        ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False)
     else:
         ray.init(address=runner.address)
 
