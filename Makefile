@@ -1,5 +1,6 @@
 # Every target sets itself up: the first use creates .venv and installs the project into it.
-#   make train   the main job: CDLM on embedded data (no downloads), then its summary
+#   make train   the main job: CDLM on embedded data (no downloads) on Ray Train with 2 local
+#                CPU workers, then its summary beside a source-only baseline
 #   make test    the test suite (what CI runs)
 #   make lint    ruff
 #   make bench   accuracy benchmark (BENCH_ARGS=... to change it); bench-scaling, bench-multidomain,
@@ -24,8 +25,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job runs the distributed path (Ray Train, 2 local CPU workers) from the first command;
+# `cdlm-train` alone uses runner=local, the debugging path.
 train: $(STAMP)
-	$(BIN)/cdlm-train $(ARGS)
+	$(BIN)/cdlm-train runner=ray $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
