@@ -61,8 +61,9 @@ def table(df) -> str:
              "|---|---|---|" + "---|" * (len(COLUMNS) + 2)]
     for (pair, method), g in df.groupby(["preset", "method"], sort=False):
         cells = [f"{100 * g[c].mean():.1f} +- {100 * g[c].std(ddof=0):.1f}" for c, _ in COLUMNS]
-        kl_cols = [c for c in g.columns if c.startswith("final/domain_kl/")]
-        kl = f"{g[kl_cols[0]].mean():.2f}" if kl_cols and g[kl_cols[0]].notna().all() else "n/a"
+        kl_cols = [c for c in g.columns
+                   if c.startswith("final/domain_kl/") and g[c].notna().all()]  # this pair's
+        kl = f"{g[kl_cols[0]].mean():.2f}" if kl_cols else "n/a"
         lines.append(f"| {pair} | {method} | {len(g)} | " + " | ".join(cells)
                      + f" | {100 * g['selected_score'].mean():.1f} | {kl} |")
     return "\n".join(lines)
