@@ -95,7 +95,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
                                ctx.rank, ctx.world_size)
     config_yaml = OmegaConf.to_yaml(cfg)
     bar = _progress_bar(cfg, start, enabled=progress and ctx.is_main)
-    running: dict[str, list[float]] = defaultdict(list)
+    running: dict[str, list[torch.Tensor]] = defaultdict(list)
     last_eval: dict[str, float] = history[-1] if history else {}
 
     for step in range(start, cfg.train.steps):
@@ -139,9 +139,10 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
                        step=cfg.train.steps)
 
 
-def _reduce_means(running: dict[str, list[float]], ctx: RunContext) -> dict[str, float]:
+def _reduce_means(running: dict[str, list[torch.Tensor]], ctx: RunContext) -> dict[str, float]:
+    """Mean of each metric over the steps since the last log, averaged over ranks (one sync)."""
     keys = sorted(running)
-    local = torch.tensor([sum(running[k]) / len(running[k]) for k in keys], device=ctx.device)
+    local = torch.stack([torch.stack(running[k]).float().mean() for k in keys]).to(ctx.device)
     mean = ctx.all_reduce_sum(local) / ctx.world_size
     return dict(zip(keys, mean.tolist()))
 

@@ -40,8 +40,12 @@ def autocast(device: torch.device, enabled: bool):
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
                batch: list[tuple[torch.Tensor, torch.Tensor]], step: int, cfg: Config,
                pair_gen: torch.Generator | None = None,
-               noise_gen: torch.Generator | None = None) -> dict[str, float]:
-    """Forward all active domains in one pass, take one optimiser step, return the loss terms."""
+               noise_gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Forward all active domains in one pass, take one optimiser step, return the loss terms.
+
+    Values stay (detached) tensors on the device: converting to Python floats here would force a
+    GPU sync every step; the loop averages them at log time.
+    """
     model.train()
     active = active_domains(cfg)
     labelled = [cfg.data.domains[k].labelled for k in active]
@@ -57,9 +61,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
-    metrics = {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
+    metrics = {f"loss/{k}": v.detach() for k, v in terms.items()}
     with torch.no_grad():
         accs = [(p.cls_logits.argmax(1) == ys[p.k]).float().mean() for p in out.pairs
                 if p.cls_logits is not None]
-        metrics["train/acc"] = float(torch.stack(accs).mean())
+        metrics["train/acc"] = torch.stack(accs).mean()
     return metrics
