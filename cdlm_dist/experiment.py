@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
 from cdlm_dist.config import Config, compose
 from cdlm_dist.data.domains import DomainData, load_domains
 from cdlm_dist.model.cdlm import build_model
 from cdlm_dist.runners import get_runner
+from cdlm_dist.training.context import resolve_device
 from cdlm_dist.training.loop import TrainResult
 
 SUMMARY_FILE = "summary.json"
@@ -97,8 +97,7 @@ def evaluate_selected(cfg: Config, domains: list[DomainData], result: TrainResul
 
     model = build_model(cfg, len(domains), domains[0].num_classes)
     model.load_state_dict(result.selected_state)
-    model.to(torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu"
-                          else "cpu"))
+    model.to(resolve_device(cfg.train.device))
     metrics = final_evaluation(model, domains, cfg, run_dir)
     return {f"final/{k}": v for k, v in metrics.items()
             if isinstance(v, (int, float)) and not math.isnan(v)}

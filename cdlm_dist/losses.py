@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cdlm_dist.config import LossConfig
-from cdlm_dist.model.cdlm import ForwardOutput, standardise
+from cdlm_dist.model.cdlm import ForwardOutput
 
 REFERENCE_DOMAINS = 2  # the two-domain CDLM whose scale every K keeps
 
@@ -81,10 +81,10 @@ def compute_losses(out: ForwardOutput, xs: list[torch.Tensor], ys: list[torch.Te
     terms: dict[str, torch.Tensor] = {}
     n_pixels = xs[0][0].numel()
 
-    cls = [F.cross_entropy(p.cls_logits, ys[p.k]) for p in out.pairs if p.cls_logits is not None]
     per_labelled: dict[int, list[torch.Tensor]] = {}
-    for p, c in zip([p for p in out.pairs if p.cls_logits is not None], cls):
-        per_labelled.setdefault(p.k, []).append(c)
+    for p in out.pairs:
+        if p.cls_logits is not None:
+            per_labelled.setdefault(p.k, []).append(F.cross_entropy(p.cls_logits, ys[p.k]))
     terms["cls"] = torch.stack([torch.stack(v).mean() for v in per_labelled.values()]).mean()
     total = cfg.l_cls * terms["cls"]
 
@@ -116,4 +116,4 @@ def compute_losses(out: ForwardOutput, xs: list[torch.Tensor], ys: list[torch.Te
 
 
 __all__ = ["compute_losses", "cycle", "domain_adversarial", "kl_standard_normal",
-           "recon_vs_prior", "reconstruction", "semantic", "standardise"]
+           "recon_vs_prior", "reconstruction", "semantic"]

@@ -129,7 +129,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
                 state = {"model": _cpu_state(model), "optimizer": optimizer.state_dict(),
                          "step": done, "rng": rng_state(), "history": history,
                          "best": best, "config_yaml": config_yaml}
-            ctx.report(done, {k: v for k, v in last_eval.items()}, state)
+            ctx.report(done, dict(last_eval), state)
         if bar is not None:
             bar.update(1)
     if bar is not None:
