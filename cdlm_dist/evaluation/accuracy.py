@@ -1,4 +1,11 @@
-"""Classification accuracy of C(mu) on a split, sharded over ranks and summed."""
+"""Predictions of C(mu) on a split: accuracy, and a label-free score of the same pass.
+
+The label-free score is the *information maximisation* (IM) validator of unsupervised domain
+adaptation (Gomes et al. 2010; Musgrave et al. 2022, "Three New Validators"): H(mean_x p(y|x)) -
+mean_x H(p(y|x)), in nats, between 0 and log(num_classes). It is high when predictions are
+confident per image and spread over the classes, and needs no labels, so it may rank target-domain
+models where source validation accuracy cannot see the target at all.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +18,40 @@ from cdlm_dist.data.streams import iterate_split
 from cdlm_dist.model.cdlm import CDLM
 
 
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each row of a probability matrix."""
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+
+
 @torch.no_grad()
+def prediction_stats(model: CDLM, split: Split, batch_size: int, device: torch.device,
+                     rank: int = 0, world_size: int = 1,
+                     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+                     ) -> dict[str, float]:
+    """{"acc", "im"} of argmax / softmax C(mu(x)) over ``split`` (sharded over ranks, summed).
+
+    "acc" uses the labels; "im" does not. The model is left in eval mode.
+    """
+    model.eval()
+    sums = None  # [correct, count, sum of per-image entropy, sum of p over classes...]
+    for x, y in iterate_split(split, batch_size, rank, world_size):
+        _, mu = model.encode(x.to(device))
+        p = torch.softmax(model.classify(mu).float(), 1)
+        part = torch.cat([torch.stack([(p.argmax(1).cpu() == y).sum().to(p),
+                                       torch.tensor(float(len(y)), device=p.device),
+                                       entropy(p).sum()]), p.sum(0)])
+        sums = part if sums is None else sums + part
+    if sums is None:  # this rank's shard is empty: contribute zeros of the right length
+        sums = torch.zeros(3 + model.num_classes, device=device)
+    sums = all_reduce_sum(sums)
+    n = sums[1].clamp_min(1)
+    im = entropy(sums[3:] / n) - sums[2] / n
+    return {"acc": float(sums[0] / n), "im": float(im)}
+
+
 def accuracy(model: CDLM, split: Split, batch_size: int, device: torch.device, rank: int = 0,
              world_size: int = 1,
              all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> float:
     """Fraction of ``split`` where argmax C(mu(x)) equals the label (model left in eval mode)."""
-    model.eval()
-    counts = torch.zeros(2, device=device)
-    for x, y in iterate_split(split, batch_size, rank, world_size):
-        _, mu = model.encode(x.to(device))
-        counts[0] += (model.classify(mu).argmax(1).cpu() == y).sum().item()
-        counts[1] += len(y)
-    counts = all_reduce_sum(counts)
-    return float(counts[0] / counts[1].clamp_min(1))
+    return prediction_stats(model, split, batch_size, device, rank, world_size,
+                            all_reduce_sum)["acc"]

@@ -7,6 +7,8 @@ Keys returned by :func:`final_evaluation` (stable; other tools parse them):
 
 - ``test_acc/<domain>``: accuracy of argmax C(mu) on each domain's test split
 - ``target_acc``: mean test accuracy over the unlabelled (target) domains; NaN if there are none
+- ``target_im/<domain>``, ``target_im``: the label-free information-maximisation score of C(mu) on
+  each unlabelled domain's test images, and its mean (see :mod:`cdlm_dist.evaluation.accuracy`)
 - ``a_distance/<a>__<b>``: proxy A-distance between the test latents of domains a and b
 - ``domain_kl/<a>__<b>``: KL(N_a || N_b) of diagonal Gaussians fitted to those latents
 - ``plot/<name>``: path (a string) of each PNG written, ``<name>`` in :data:`PLOT_FILES`
@@ -27,7 +29,7 @@ import torch
 from cdlm_dist.config import Config
 from cdlm_dist.data.domains import DomainData, Split
 from cdlm_dist.data.streams import iterate_split
-from cdlm_dist.evaluation.accuracy import accuracy
+from cdlm_dist.evaluation.accuracy import prediction_stats
 from cdlm_dist.evaluation.plots import training_curves, translation_grid, tsne_plot
 from cdlm_dist.model.cdlm import CDLM
 
@@ -143,11 +145,15 @@ def final_evaluation(model: CDLM, domains: list[DomainData], cfg: Config,
     device = next(model.parameters()).device
     batch_size = cfg.data.eval_batch_size
     out: dict[str, float | str] = {}
+    targets = [d.name for d, spec in zip(domains, cfg.data.domains) if not spec.labelled]
     for d in domains:
-        out[f"test_acc/{d.name}"] = accuracy(model, d.test, batch_size, device)
-    targets = [out[f"test_acc/{d.name}"] for d, spec in zip(domains, cfg.data.domains)
-               if not spec.labelled]
-    out["target_acc"] = sum(targets) / len(targets) if targets else math.nan
+        stats = prediction_stats(model, d.test, batch_size, device)
+        out[f"test_acc/{d.name}"] = stats["acc"]
+        if d.name in targets:
+            out[f"target_im/{d.name}"] = stats["im"]
+    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
+    out["target_acc"] = mean([out[f"test_acc/{n}"] for n in targets])
+    out["target_im"] = mean([out[f"target_im/{n}"] for n in targets])
 
     ev = cfg.eval
     if not (ev.a_distance or ev.domain_kl or ev.plots):

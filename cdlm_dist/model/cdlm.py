@@ -82,6 +82,7 @@ class CDLM(nn.Module):
         super().__init__()
         m, d = cfg.model, cfg.data
         self.num_domains = num_domains
+        self.num_classes = num_classes
         self.variational = m.variational
         self.modulation = m.modulation
         self.alpha = m.modulation_alpha

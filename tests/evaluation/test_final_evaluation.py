@@ -53,9 +53,12 @@ def test_two_domains_give_documented_keys_and_valid_pngs(eval_setup, tmp_path: P
     out = final_evaluation(_model(cfg, domains), domains, cfg, tmp_path)
     src, tgt = (d.name for d in domains)
     assert set(out) == {f"test_acc/{src}", f"test_acc/{tgt}", "target_acc",
+                        f"target_im/{tgt}", "target_im",
                         f"a_distance/{src}__{tgt}", f"domain_kl/{src}__{tgt}",
                         "plot/translation_grid", "plot/tsne"}  # no metrics.jsonl: no curves
     assert out["target_acc"] == out[f"test_acc/{tgt}"]
+    assert out["target_im"] == out[f"target_im/{tgt}"]
+    assert 0.0 <= out["target_im"] <= math.log(10) + 1e-6
     assert all(0.0 <= out[f"test_acc/{d}"] <= 1.0 for d in (src, tgt))
     assert 0.0 <= out[f"a_distance/{src}__{tgt}"] <= 2.0
     assert out[f"domain_kl/{src}__{tgt}"] > 0.0
