@@ -54,6 +54,8 @@ def selection_summary(history: list[dict[str, float]]) -> dict[str, float]:
         "target_acc_selected": best["target_acc"],
         "target_acc_last": history[-1]["target_acc"],
         "target_acc_oracle": max(h["target_acc"] for h in history),
+        "target_im_selected": best.get("target_im", math.nan),  # label-free, for comparing runs
+        "target_im_last": history[-1].get("target_im", math.nan),
     }
 
 
@@ -74,6 +76,9 @@ def run_experiment(overrides: list[str], with_baseline: bool | None = None,
                "seed": cfg.train.seed, "steps": cfg.train.steps,
                "train_seconds": round(train_seconds, 1)}
     summary |= selection_summary(result.history)
+    gap = adversarial_gap(run_dir / "metrics.jsonl", len(domains))
+    if not math.isnan(gap):  # summary.json stays strict JSON: no NaN
+        summary["adv_gap"] = round(gap, 4)
     summary |= evaluate_selected(cfg, domains, result, run_dir)
 
     if with_baseline if with_baseline is not None else (cfg.eval.baseline
@@ -103,6 +108,25 @@ def evaluate_selected(cfg: Config, domains: list[DomainData], result: TrainResul
             if isinstance(v, (int, float)) and not math.isnan(v)}
 
 
+def adversarial_gap(metrics_file: Path, num_domains: int) -> float:
+    """Label-free health of the adversarial game: the mean |logged domain loss - chance| over the
+    second half of training (NaN without a discriminator). Near 0 the discriminator is held at
+    chance, as domain-adversarial training intends; large values mean it wins (domains stay
+    apart) or is flipped each step by an encoder that overpowers it (an unstable game)."""
+    from cdlm_dist.losses import adversarial_chance
+
+    if not metrics_file.exists():
+        return math.nan
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    adv = [(r["step"], r["loss/adv"]) for r in rows if "loss/adv" in r]
+    if not adv:
+        return math.nan
+    half = adv[-1][0] / 2
+    late = [v for step, v in adv if step > half] or [adv[-1][1]]
+    chance = adversarial_chance(num_domains)
+    return sum(abs(v - chance) for v in late) / len(late)
+
+
 def write_metrics_parquet(run_dir: Path) -> None:
     """metrics.jsonl -> metrics.parquet (one row per logged step; columns are metric names)."""
     src = run_dir / "metrics.jsonl"
@@ -124,6 +148,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             ("TARGET ACC (selected, label-free)", summary.get("target_acc_selected")),
             ("target acc (last step)", summary.get("target_acc_last")),
             ("target acc (oracle: best by target labels)", summary.get("target_acc_oracle"))]
+    if "adv_gap" in summary:
+        rows.append(("adversarial gap (|domain loss - chance|, label-free)", summary["adv_gap"]))
     if "baseline_source_only_target_acc_selected" in summary:
         base = summary["baseline_source_only_target_acc_selected"]
         rows.append(("source-only target acc (same budget)", base))

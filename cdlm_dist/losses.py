@@ -9,6 +9,8 @@ K = 2 gives exactly ``sum_d`` of section 3 and the scale does not grow with K.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -58,6 +60,16 @@ def domain_adversarial(domain_logits: list[torch.Tensor]) -> torch.Tensor:
     terms = [F.cross_entropy(lg, torch.full((len(lg),), k, device=lg.device, dtype=torch.long))
              for k, lg in enumerate(domain_logits)]
     return torch.stack(terms).sum() * (REFERENCE_DOMAINS / len(domain_logits))
+
+
+def adversarial_chance(num_domains: int) -> float:
+    """Value of :func:`domain_adversarial` when D predicts every domain with probability 1/K.
+
+    A balanced min-max game keeps the logged domain loss near this value; far above it the
+    encoder is flipping the discriminator, far below it the discriminator wins (see
+    :func:`cdlm_dist.experiment.adversarial_gap`).
+    """
+    return REFERENCE_DOMAINS * math.log(num_domains)
 
 
 def _per_domain(values: list[tuple[int, torch.Tensor]], num_domains: int) -> torch.Tensor:
@@ -115,5 +127,5 @@ def compute_losses(out: ForwardOutput, xs: list[torch.Tensor], ys: list[torch.Te
     return total, terms
 
 
-__all__ = ["compute_losses", "cycle", "domain_adversarial", "kl_standard_normal",
+__all__ = ["adversarial_chance", "compute_losses", "cycle", "domain_adversarial", "kl_standard_normal",
            "recon_vs_prior", "reconstruction", "semantic"]

@@ -87,3 +87,4 @@ def test_domain_loss_scale_does_not_grow_with_k():
     # Uninformative logits: 2 * log K, i.e. the per-domain CE times the two-domain scale.
     for k, v in zip((2, 3, 5), vals):
         assert torch.allclose(v, torch.tensor(2 * math.log(k)))
+        assert v.item() == pytest.approx(losses.adversarial_chance(k))
