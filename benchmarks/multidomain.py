@@ -9,12 +9,14 @@
 
     python benchmarks/multidomain.py                        # 3 seeds, default budget
     python benchmarks/multidomain.py --steps 300 --seeds 0  # a quick look
-Writes <out>/multisource.parquet, <out>/cost.parquet and <out>/results.md.
+Writes <out>/multisource.parquet, <out>/cost.parquet and <out>/results.md. Runs are idempotent:
+one whose summary.json exists under <out>/runs is read back, not retrained.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,15 +38,19 @@ def one_run(job: tuple[str, tuple[str, ...], int, int, str, list[str]]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from cdlm_dist.experiment import run_experiment
+    from cdlm_dist.experiment import SUMMARY_FILE, run_experiment
 
     tag = "+".join(sources)
     run_dir = Path(out) / "runs" / f"{tag}__to__{target}__seed{seed}"
-    summary = run_experiment(
-        ["data=digits3", domains_override(list(sources), target), f"data.preset={tag}_to_{target}",
-         f"train.seed={seed}", f"train.steps={steps}", f"run_dir={run_dir}",
-         "train.progress=false", "eval.baseline=false", "eval.plots=false",
-         "eval.a_distance=false", "eval.domain_kl=false", *extra], log=lambda *_: None)
+    if (run_dir / SUMMARY_FILE).exists():  # idempotent: a finished run is read back
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    else:
+        summary = run_experiment(
+            ["data=digits3", domains_override(list(sources), target),
+             f"data.preset={tag}_to_{target}", f"train.seed={seed}", f"train.steps={steps}",
+             f"run_dir={run_dir}", "train.progress=false", "eval.baseline=false",
+             "eval.plots=false", "eval.a_distance=false", "eval.domain_kl=false", *extra],
+            log=lambda *_: None)
     return {"target": target, "sources": tag, "multi_source": len(sources) > 1, "seed": seed,
             **{k: summary[k] for k in ("target_acc_selected", "target_acc_oracle",
                                         "selected_score") if k in summary}}
