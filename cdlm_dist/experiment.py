@@ -154,6 +154,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         base = summary["baseline_source_only_target_acc_selected"]
         rows.append(("source-only target acc (same budget)", base))
         rows.append(("gain over source-only", summary["target_acc_selected"] - base))
+    for k, v in summary.items():  # every domain's test accuracy, then the pairwise metrics
+        if k.startswith("final/test_acc/"):
+            rows.append((f"test acc {k.removeprefix('final/test_acc/')}", v))
     for k, v in summary.items():
         if k.startswith("final/a_distance") or k.startswith("final/domain_kl"):
             rows.append((k.removeprefix("final/"), v))

@@ -53,12 +53,14 @@ def test_missing_dataset_names_the_files_before_training(tmp_path, capsys):
     assert not run_dir.exists()
 
 
-def test_three_domain_run_reports_each_domain_and_draws_the_k_by_k_grid(tiny_overrides):
+def test_three_domain_run_reports_each_domain_and_draws_the_k_by_k_grid(tiny_overrides, capsys):
     run_dir = Path(tiny_overrides[-1].split("=", 1)[1])
     assert main(tiny_overrides + ["data=digits3", "eval.plots=true", "eval.tsne_points=60"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
+    printed = capsys.readouterr().out
     for domain in ("mnist5k", "ucidigits", "mnistm_synth"):
         assert f"final/test_acc/{domain}" in summary
+        assert f"test acc {domain}" in printed  # the closing table names every domain
     grid = Image.open(run_dir / "translation_grid.png")
     rows = 3 * 8  # K row blocks of eval.grid_rows images
     assert grid.size[1] >= rows * 28 and grid.size[0] >= 4 * 28  # input + K translations
