@@ -100,7 +100,9 @@ def test_switches_off_and_no_decoder(eval_setup, tmp_path: Path):
     cfg.eval.a_distance = cfg.eval.domain_kl = cfg.eval.plots = False
     domains = eval_setup.domains
     out = final_evaluation(_model(cfg, domains), domains, cfg, tmp_path / "off")
-    assert sorted(out) == sorted([f"test_acc/{d.name}" for d in domains] + ["target_acc"])
+    target = domains[1].name
+    assert sorted(out) == sorted([f"test_acc/{d.name}" for d in domains]
+                                 + ["target_acc", f"target_im/{target}", "target_im"])
     assert not (tmp_path / "off").exists()
 
     cfg.eval.plots = True

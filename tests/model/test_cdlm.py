@@ -133,7 +133,7 @@ def test_k_domain_model_reduces_to_two_domain_cdlm(pairing):
 
 
 def test_grl_reverses_only_the_adversarial_gradient_into_the_encoder():
-    cfg = _cfg("loss.l_rec=0", "loss.beta=0", "loss.l_cls=0", "loss.l_con=0")
+    cfg = _cfg("loss.l_rec=0", "loss.beta=0", "loss.l_cls=0", "loss.l_con=0", "loss.l_adv=1")
     torch.manual_seed(0)
     model = build_model(cfg, 2, 10).train()
     xs, ys = _batch()
