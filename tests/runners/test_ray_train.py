@@ -1,5 +1,6 @@
 """The Ray Train runner end to end on 2 local CPU workers (gloo): interrupted runs resume, an
-injected worker failure is survived. Three TorchTrainer.fit calls in all (about 40 s each).
+injected worker failure is survived, in a 3-domain (N-domain CDLM) run. Three TorchTrainer.fit
+calls in all (about 40 s each).
 
 Evidence of "resumed, not retrained": metrics.jsonl lines carry the wall time they were written;
 lines up to the restored checkpoint keep their first-attempt times, later ones are rewritten.
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cdlm_dist.config import compose
-from cdlm_dist.data.domains import DomainData
+from cdlm_dist.data.domains import load_domains
 from cdlm_dist.experiment import run_experiment
 from cdlm_dist.runners.ray_train import RayRunError, run_ray
 from cdlm_dist.training.loop import FAULT_MARKER
@@ -64,16 +65,28 @@ def test_an_interrupted_run_resumes_from_its_latest_checkpoint_when_started_agai
     assert summary["selected_step"] in evals
 
 
-def test_a_worker_failure_is_survived_from_the_last_checkpoint(
-        ray_local, tmp_path: Path, tiny_overrides: list[str],
-        tiny_domains: list[DomainData]) -> None:
-    cfg = compose(tiny_overrides + RAY_2_WORKERS + ["name=ray_fault", "runner.max_failures=1"])
+def test_a_three_domain_run_survives_a_worker_failure_from_the_last_checkpoint(
+        ray_local, tmp_path: Path, tiny_overrides: list[str]) -> None:
+    """digits3: two labelled sources and one target, all-pairs modulation, a 3-way discriminator,
+    under 2 Ray workers; a worker dies once and the run finishes from its checkpoint."""
+    cfg = compose(tiny_overrides + RAY_2_WORKERS + ["data=digits3", "name=ray_fault",
+                                                    "runner.max_failures=1"])
     run_dir = Path(cfg.run_dir)
+    domains = load_domains(cfg.data, cfg.train.seed)
+    assert [d.name for d in domains] == ["mnist5k", "ucidigits", "mnistm_synth"]
 
-    result = run_ray(cfg, tiny_domains, run_dir)
+    result = run_ray(cfg, domains, run_dir)
 
     marker = run_dir / FAULT_MARKER
     assert marker.exists(), "the fault was injected"
     assert result.step == STEPS
     assert [h["step"] for h in result.history] == [3, STEPS]
     _assert_steps_once_and_redone_after(run_dir, marker.stat().st_mtime)
+    last = result.history[-1]
+    for name in ("mnist5k", "ucidigits"):  # the labelled sources: validation (the score), test
+        assert 0.0 <= last[f"val_acc/{name}"] <= 1.0 and 0.0 <= last[f"test_acc/{name}"] <= 1.0
+    assert 0.0 <= last["test_acc/mnistm_synth"] == last["target_acc"] <= 1.0
+    assert "val_acc/mnistm_synth" not in last  # the target's labels never reach selection
+    trained = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
+               if "loss/adv" in ln]
+    assert trained and all(ln["loss/adv"] > 0 for ln in trained)  # the 3-way discriminator trains

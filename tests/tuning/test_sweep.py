@@ -1,5 +1,5 @@
-"""Ray-backed sweep tests: a small sweep completes and exports; its best config retrains to the
-same score; a sweep whose driver is killed resumes to exactly num_samples finished trials.
+"""Ray-backed sweep tests: a small sweep of 3-domain (digits3) trials completes and exports; its
+best config retrains to the same score; a sweep whose driver is killed resumes to exactly num_samples finished trials.
 
 Three Tune runs in all (one small sweep, one killed driver, one resume), each of 6-step trials.
 """
@@ -43,7 +43,8 @@ KILL_TEST_STEPS = ("train.steps=12",)
 @pytest.fixture(scope="module")
 def small_sweep(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("small")
-    cfg = compose_sweep(sweep_overrides(out, 4, "sweep.max_concurrent_trials=2"))
+    # digits3: the N-domain model (two labelled sources, one target) runs unchanged in a sweep
+    cfg = compose_sweep(sweep_overrides(out, 4, "sweep.max_concurrent_trials=2", "data=digits3"))
     return cfg, run_sweep(cfg, log=lambda *_: None)
 
 
@@ -82,6 +83,9 @@ def test_retraining_the_exported_best_reproduces_its_score(small_sweep):
     _, summary = small_sweep
     directory = Path(summary["directory"])
     retrained = run_experiment(retrain_overrides(directory), log=lambda *_: None)
+    assert retrained["preset"] == "digits3"
+    assert {"final/test_acc/mnist5k", "final/test_acc/ucidigits",
+            "final/test_acc/mnistm_synth"} <= set(retrained)
     assert retrained["selected_score"] == pytest.approx(summary["best_score"], abs=1e-6)
     trial = pd.read_parquet(directory / TRIALS_FILE).set_index("number").loc[
         summary["best_trial"]]
