@@ -78,10 +78,7 @@ def table(df) -> str:
              + " | source val acc | target IM (label-free) | adversarial gap (label-free) "
              "| domain KL (latents) |",
              "|---|---|---|" + "---|" * (len(COLUMNS) + 4)]
-    if "variant" not in df:
-        df = df.assign(variant=df["method"])
-    for (pair, method), g in df.assign(variant=df["variant"].fillna(df["method"])).groupby(
-            ["preset", "variant"], sort=False):
+    for (pair, method), g in df.groupby(["preset", "variant"], sort=False):  # one_run sets it
         cells = [f"{100 * g[c].mean():.1f} +- {100 * g[c].std(ddof=0):.1f}" for c, _ in COLUMNS]
         kl_cols = [c for c in g.columns
                    if c.startswith("final/domain_kl/") and g[c].notna().all()]  # this pair's

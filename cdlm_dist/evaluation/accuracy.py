@@ -9,11 +9,13 @@ models where source validation accuracy cannot see the target at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 
-from cdlm_dist.data.domains import Split
+from cdlm_dist.config import DomainConfig
+from cdlm_dist.data.domains import DomainData, Split
 from cdlm_dist.data.streams import iterate_split
 from cdlm_dist.model.cdlm import CDLM
 
@@ -49,9 +51,24 @@ def prediction_stats(model: CDLM, split: Split, batch_size: int, device: torch.d
     return {"acc": float(sums[0] / n), "im": float(im)}
 
 
-def accuracy(model: CDLM, split: Split, batch_size: int, device: torch.device, rank: int = 0,
-             world_size: int = 1,
-             all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> float:
-    """Fraction of ``split`` where argmax C(mu(x)) equals the label (model left in eval mode)."""
-    return prediction_stats(model, split, batch_size, device, rank, world_size,
-                            all_reduce_sum)["acc"]
+def test_stats(model: CDLM, domains: Sequence[DomainData], specs: Sequence[DomainConfig],
+               batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
+               all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+               ) -> dict[str, float]:
+    """Every domain's ``test_acc/<name>``, each unlabelled domain's ``target_im/<name>``, and
+    their means over the unlabelled domains, ``target_acc`` and ``target_im`` (NaN if none).
+
+    One pass per test split; the loop's evaluations and the final evaluation both call this.
+    """
+    out: dict[str, float] = {}
+    targets = [d.name for d, spec in zip(domains, specs) if not spec.labelled]
+    for d in domains:
+        stats = prediction_stats(model, d.test, batch_size, device, rank, world_size,
+                                 all_reduce_sum)
+        out[f"test_acc/{d.name}"] = stats["acc"]
+        if d.name in targets:
+            out[f"target_im/{d.name}"] = stats["im"]
+    mean = lambda key: (sum(out[f"{key}/{n}"] for n in targets) / len(targets)  # noqa: E731
+                        if targets else math.nan)
+    out["target_acc"], out["target_im"] = mean("test_acc"), mean("target_im")
+    return out

@@ -19,7 +19,6 @@ two-domain task the single pair source__target).
 
 from __future__ import annotations
 
-import math
 from itertools import combinations
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from cdlm_dist.config import Config
 from cdlm_dist.data.domains import DomainData, Split
 from cdlm_dist.data.streams import iterate_split
-from cdlm_dist.evaluation.accuracy import prediction_stats
+from cdlm_dist.evaluation.accuracy import test_stats
 from cdlm_dist.evaluation.plots import training_curves, translation_grid, tsne_plot
 from cdlm_dist.model.cdlm import CDLM
 
@@ -144,16 +143,8 @@ def final_evaluation(model: CDLM, domains: list[DomainData], cfg: Config,
     """
     device = next(model.parameters()).device
     batch_size = cfg.data.eval_batch_size
-    out: dict[str, float | str] = {}
-    targets = [d.name for d, spec in zip(domains, cfg.data.domains) if not spec.labelled]
-    for d in domains:
-        stats = prediction_stats(model, d.test, batch_size, device)
-        out[f"test_acc/{d.name}"] = stats["acc"]
-        if d.name in targets:
-            out[f"target_im/{d.name}"] = stats["im"]
-    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
-    out["target_acc"] = mean([out[f"test_acc/{n}"] for n in targets])
-    out["target_im"] = mean([out[f"target_im/{n}"] for n in targets])
+    out: dict[str, float | str] = dict(test_stats(model, domains, cfg.data.domains, batch_size,
+                                                  device))
 
     ev = cfg.eval
     if not (ev.a_distance or ev.domain_kl or ev.plots):

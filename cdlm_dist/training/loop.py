@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from cdlm_dist.config import Config
 from cdlm_dist.data.domains import DomainData
 from cdlm_dist.data.streams import MultiDomainStream
-from cdlm_dist.evaluation.accuracy import prediction_stats
+from cdlm_dist.evaluation.accuracy import prediction_stats, test_stats
 from cdlm_dist.model.cdlm import CDLM, build_model
 from cdlm_dist.model.sync_norm import convert_sync_batchnorm
 from cdlm_dist.training.checkpoint import rng_state, set_rng_state
@@ -52,26 +52,18 @@ def seed_everything(seed: int) -> None:
 
 def evaluate_in_training(model: CDLM, domains: list[DomainData], cfg: Config,
                          ctx: RunContext) -> dict[str, float]:
-    """Validation accuracy of labelled domains (the score), test accuracy of every domain and
-    the label-free IM score of each unlabelled domain's test images."""
-    stats = lambda split: prediction_stats(  # noqa: E731
-        model, split, cfg.data.eval_batch_size, ctx.device, ctx.rank, ctx.world_size,
-        ctx.all_reduce_sum)
+    """Validation accuracy of labelled domains (the score), plus :func:`test_stats`: every
+    domain's test accuracy and the label-free IM score of each unlabelled one."""
     out: dict[str, float] = {}
     for d, spec in zip(domains, cfg.data.domains):
         if spec.labelled and d.val is not None:
-            out[f"val_acc/{d.name}"] = stats(d.val)["acc"]
-        test = stats(d.test)
-        out[f"test_acc/{d.name}"] = test["acc"]
-        if not spec.labelled:
-            out[f"target_im/{d.name}"] = test["im"]
-    labelled = [d for d, s in zip(domains, cfg.data.domains) if s.labelled]
-    vals = [out[f"val_acc/{d.name}"] for d in labelled if f"val_acc/{d.name}" in out]
+            out[f"val_acc/{d.name}"] = prediction_stats(
+                model, d.val, cfg.data.eval_batch_size, ctx.device, ctx.rank, ctx.world_size,
+                ctx.all_reduce_sum)["acc"]
+    vals = list(out.values())
     out["score"] = sum(vals) / len(vals) if vals else 0.0
-    targets = [d.name for d, s in zip(domains, cfg.data.domains) if not s.labelled]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    out["target_acc"] = mean([out[f"test_acc/{n}"] for n in targets])
-    out["target_im"] = mean([out[f"target_im/{n}"] for n in targets])
+    out |= test_stats(model, domains, cfg.data.domains, cfg.data.eval_batch_size, ctx.device,
+                      ctx.rank, ctx.world_size, ctx.all_reduce_sum)
     return out
 
 
