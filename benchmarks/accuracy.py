@@ -1,7 +1,7 @@
 """Accuracy benchmark: source-only, DANN, VAE (no modulation) and CDLM on the same pipeline,
 the same step budget and 3 seeds per domain pair; target accuracy under named selection rules.
 
-    python benchmarks/accuracy.py                                   # embedded pairs
+    python benchmarks/accuracy.py                                   # the embedded pair
     python benchmarks/accuracy.py --data-root ../shared/data        # + mnist<->usps (real data)
     python benchmarks/accuracy.py --steps 300 --seeds 0 --jobs 2    # a quick look
     python benchmarks/accuracy.py --variant cdlm_shift=cdlm,model.modulation=shift \
@@ -9,8 +9,13 @@ the same step budget and 3 seeds per domain pair; target accuracy under named se
 
 Selection rule of the headline column: the evaluation step with the best *source validation
 accuracy* (label-free). "last" is the final step; "oracle" picks the step by target test labels
-and is reported only for comparison, never for choosing anything. Runs are idempotent: a run
-whose summary.json exists is read, not retrained (delete --out to start over).
+and is reported only for comparison, never for choosing anything.
+
+Every run uses PROTOCOL (the LeNet backbone, configs/train/long.yaml: 3000 steps, an evaluation
+every 200). Runs are cached under a key that hashes the resolved config and the package source
+(runkey.py): a finished run is read back, an interrupted one resumes from its last checkpoint,
+and a run made by other code or other defaults is never reused. `--report-only` tabulates what
+has finished for the current code.
 Writes <out>/results.parquet (one row per run) and <out>/results.md (mean +- std per cell).
 """
 
@@ -18,25 +23,45 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-EMBEDDED_PAIRS = ["mnist5k_to_ucidigits", "mnist5k_to_mnistm_synth"]
+from runkey import run_key
+
+EMBEDDED_PAIRS = ["mnist5k_to_mnistm_synth"]
 REAL_PAIRS = ["mnist_to_usps", "usps_to_mnist"]
 METHODS = ["source_only", "dann", "vae", "cdlm"]
+# The protocol every run shares: the literature's LeNet, the 3000-step budget (configs/train/long)
+PROTOCOL = ["model=lenet", "train=long"]
 COLUMNS = [("target_acc_selected", "target acc (selected by source val)"),
            ("target_acc_last", "target acc (last step)"),
            ("target_acc_oracle", "oracle target acc (selected by target labels)")]
 
 
-def run_dir_of(job: tuple) -> Path:
-    pair, method, seed, _, _, out, _ = job
-    return Path(out) / "runs" / f"{pair}__{method}__seed{seed}"
+@dataclass(frozen=True)
+class Job:
+    """One run: its table cell, its overrides (without a location) and its cache key."""
+
+    pair: str
+    variant: str
+    seed: int
+    overrides: tuple[str, ...]
+    key: str
+    out: str
+    data_root: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / "runs" / f"{self.pair}__{self.variant}__seed{self.seed}__{self.key}"
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / "summary.json").exists()
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -49,35 +74,35 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [f"method={parts[0]}", *parts[1:]]
 
 
-def one_run(args: tuple[str, str, int, int, str, str, list[str]]) -> dict:
-    """Train (or read back) one run; ``method`` is a variant name, ``extra`` its overrides."""
-    pair, method, seed, steps, root, out, extra = args
+def one_run(job: Job) -> dict:
+    """Train (resuming if interrupted) or read back one run."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("CDLM_BENCH_THREADS", "1")))
-    from cdlm_dist.experiment import SUMMARY_FILE, adversarial_gap, run_experiment
+    from cdlm_dist.experiment import SUMMARY_FILE, run_experiment
 
-    run_dir = run_dir_of(args)
-    if (run_dir / SUMMARY_FILE).exists():
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-        if "adv_gap" not in summary:  # runs from before the gap was recorded: derive it
-            gap = adversarial_gap(run_dir / "metrics.jsonl", 2)
-            summary |= {} if math.isnan(gap) else {"adv_gap": gap}
-        return summary | {"variant": method}
-    overrides = [f"data={pair}", *extra, f"train.seed={seed}",
-                 f"train.steps={steps}", f"run_dir={run_dir}", "train.progress=false",
-                 "eval.baseline=false", "eval.plots=false"]
-    if root:
-        overrides.append(f"data.root={root}")
-    return run_experiment(overrides, log=lambda *_: None) | {"variant": method}
+    if job.finished:
+        summary = json.loads((job.run_dir / SUMMARY_FILE).read_text())
+    else:
+        overrides = [*job.overrides, f"run_dir={job.run_dir}", "train.progress=false"]
+        if job.data_root:
+            overrides.append(f"data.root={job.data_root}")
+        summary = run_experiment(overrides, log=lambda *_: None)
+    return summary | {"variant": job.variant, "key": job.key}
+
+
+def _mean_of(g, prefix: str, fmt: str) -> str:
+    """Mean over runs and domains of the columns starting with ``prefix`` ("n/a" if none)."""
+    cols = [c for c in g.columns if c.startswith(prefix) and g[c].notna().all()]
+    return format(g[cols].to_numpy().mean(), fmt) if cols else "n/a"
 
 
 def table(df) -> str:
     """Markdown: one row per pair x method, mean +- std over seeds for each selection rule."""
     lines = ["| pair | method | seeds | " + " | ".join(t for _, t in COLUMNS)
              + " | source val acc | target IM (label-free) | adversarial gap (label-free) "
-             "| domain KL (latents) |",
-             "|---|---|---|" + "---|" * (len(COLUMNS) + 4)]
+             "| domain KL (latents) | hbar PR | sigma |",
+             "|---|---|---|" + "---|" * (len(COLUMNS) + 6)]
     for (pair, method), g in df.groupby(["preset", "variant"], sort=False):  # one_run sets it
         cells = [f"{100 * g[c].mean():.1f} +- {100 * g[c].std(ddof=0):.1f}" for c, _ in COLUMNS]
         kl_cols = [c for c in g.columns
@@ -88,7 +113,9 @@ def table(df) -> str:
         gap = (f"{g['adv_gap'].mean():.2f}" if "adv_gap" in g and g["adv_gap"].notna().all()
                else "n/a")
         lines.append(f"| {pair} | {method} | {len(g)} | " + " | ".join(cells)
-                     + f" | {100 * g['selected_score'].mean():.1f} | {im} | {gap} | {kl} |")
+                     + f" | {100 * g['selected_score'].mean():.1f} | {im} | {gap} | {kl} "
+                     f"| {_mean_of(g, 'final/hbar_pr/', '.1f')} "
+                     f"| {_mean_of(g, 'final/sigma_mean/', '.2f')} |")
     return "\n".join(lines)
 
 
@@ -101,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[,k=v...]",
                    help="a named method with extra overrides (repeatable)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=0,
+                   help="override the protocol's budget (0: train=long's 3000 steps)")
+    p.add_argument("--hide-target", action="store_true",
+                   help="print no target accuracy while runs finish (blind label-free studies)")
     p.add_argument("--data-root", default="", help="folder with torchvision's MNIST/ and USPS/")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 torch thread each)")
     p.add_argument("--out", default="bench_results/accuracy")
@@ -114,23 +144,33 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in a.methods if m not in variants]
     if unknown:
         p.error(f"unknown method(s) {unknown}: use {METHODS} or define them with --variant")
-    jobs = [(pair, m, s, a.steps, a.data_root, a.out, variants[m] + a.overrides)
-            for pair in pairs for m in a.methods for s in a.seeds]
-    print(f"{len(jobs)} runs ({len(pairs)} pairs x {len(a.methods)} methods x "
-          f"{len(a.seeds)} seeds), {a.steps} steps each, {a.jobs} at a time -> {a.out}")
+    data_root = str(Path(a.data_root).resolve()) if a.data_root else ""
+    jobs = []
+    for pair in pairs:
+        for m in a.methods:
+            for s in a.seeds:
+                ov = [f"data={pair}", *PROTOCOL, *variants[m], f"train.seed={s}",
+                      *([f"train.steps={a.steps}"] if a.steps else []), "eval.baseline=false",
+                      "eval.plots=false", *a.overrides]
+                jobs.append(Job(pair, m, s, tuple(ov), run_key(ov), a.out, data_root))
+    done = sum(j.finished for j in jobs)
+    print(f"{len(jobs)} runs ({len(pairs)} pairs x {len(a.methods)} methods x {len(a.seeds)} "
+          f"seeds), {done} already finished, {a.jobs} at a time -> {a.out}", flush=True)
     start = time.time()
     rows = []
     if a.report_only:
-        missing = [j for j in jobs if not (run_dir_of(j) / "summary.json").exists()]
-        jobs = [j for j in jobs if j not in missing]
-        for j in missing:
-            print(f"  not finished (left out of the table): {j[0]} {j[1]} seed {j[2]}")
+        for j in jobs:
+            if not j.finished:
+                print(f"  not finished (left out of the table): {j.pair} {j.variant} seed {j.seed}")
+        jobs = [j for j in jobs if j.finished]
     with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as pool:
         for job, row in zip(jobs, pool.map(one_run, jobs)):
             rows.append(row)
-            print(f"  {job[0]} {job[1]} seed {job[2]}: target acc {row['target_acc_selected']:.3f}"
-                  f" (selected), {row['target_acc_oracle']:.3f} (oracle)  [{time.time() - start:.0f}s]",
-                  flush=True)
+            shown = ("" if a.hide_target else
+                     f": target acc {row['target_acc_selected']:.3f} (selected), "
+                     f"{row['target_acc_oracle']:.3f} (oracle)")
+            print(f"  {job.pair} {job.variant} seed {job.seed}{shown}  "
+                  f"[{time.time() - start:.0f}s]", flush=True)
     import pandas as pd
 
     if not rows:
@@ -141,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out / "results.parquet", index=False)
     md = (f"Command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
-          f"\n\n{a.steps} steps, each preset's data.batch_size per domain; mean +- std over "
+          f"\n\nProtocol {' '.join(PROTOCOL)}, steps {a.steps or 'of train=long'}; each preset's "
+          "data.batch_size per domain; mean +- std over "
           f"seeds {a.seeds}; accuracies in %.\n"
           "Headline rule: checkpoint with the best source validation accuracy (no target "
           "labels). The oracle column uses target labels and is for reference only.\n\n"

@@ -42,26 +42,39 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """CDLM network shapes and the [ours] choices of CDLM.md section 2."""
+    """CDLM network shapes and the [ours] choices of docs/method.md section 2."""
 
-    encoder: str = "digits"  # "digits" (conv net) or "resnet50" (torchvision trunk)
+    encoder: str = "digits"  # "digits" (conv net + BatchNorm), "lenet" (the literature's) or "resnet50"
     pretrained: bool = False  # resnet50: load ImageNet weights (needs the network or a cache)
     latent_dim: int = 64
-    hidden_dim: int = 256
-    decoder_width: int = 64  # channels of the decoder's first feature map (halved per upsampling)
+    hidden_dim: int = 256  # the encoder's last hidden layer and the classifier's hidden layer
+    dropout: float = 0.5  # lenet's dropout (after conv 50 and fc 500)
+    decoder_arch: str = "conv"  # "conv" (transposed convolutions) or "mlp" (one hidden layer)
+    decoder_width: int = 64  # conv: channels of the first feature map (halved per upsampling);
+    #                          mlp: width of the hidden layer
     variational: bool = True  # False: z = mu (source-only and DANN use this)
     decoder: str = "per_domain"  # "per_domain", "shared" (+ domain embedding) or "none"
-    modulation: str = "swap"  # "swap" | "additive" | "shift" | "none" [ours]
-    modulation_alpha: float = 1.0  # strength for "additive" and "shift"
+    # [ours] how the partner's standardised representation hbar enters z = mu + sigma * eps + shift:
+    # "swap" eps = hbar; "whiten" eps = hbar decorrelated over the batch; "mix" eps =
+    # sqrt(1 - a^2) n + a hbar, n ~ N(0, I), a = modulation_alpha; "additive" eps = n + a hbar;
+    # "shift" shift = a hbar; "none" eps = n (the plain VAE).
+    modulation: str = "swap"
+    modulation_alpha: float = 1.0  # a of "mix" (in [0, 1]), "additive" and "shift"
     modulation_grad: bool = True  # gradients flow through the modulating representation
     pairing: str = "all_pairs"  # "all_pairs" | "random_partner" | "mean_of_others" [ours]
+    classify_on: str = "z"  # [ours] the classifier trains on "z" (sampled) or "mu"; tests use mu
+    logvar_init: float = 0.0  # [ours] initial bias of the log-variance head (sigma = e^(b/2))
+    sigma_max: float = 0.0  # [ours] soft cap on sigma (logvar = c - softplus(c - raw)); 0 = none
+    grl_on: str = "h"  # [ours] the discriminator sees GRL("h") or GRL("mu")
     discriminator_hidden: int = 256
+    discriminator_layers: int = 1  # hidden layers of the domain discriminator
+    discriminator_norm: bool = False  # BatchNorm in the discriminator (TLlib's DANN has it)
     use_discriminator: bool = True
 
 
 @dataclass
 class LossConfig:
-    """Weights of the loss terms (CDLM.md section 3) and the consistency variant."""
+    """Weights of the loss terms (docs/method.md section 3) and the consistency variant."""
 
     l_rec: float = 1.0
     beta: float = 1.0  # KL weight after warm-up
@@ -71,10 +84,14 @@ class LossConfig:
     # from chance (the encoder keeps flipping the discriminator); see ARCHITECTURE.md, "l_adv".
     l_adv: float = 0.1
     l_con: float = 1.0  # consistency weight (searched by sweeps)
+    # "sum" of the K per-domain cross-entropies scaled by 2/K (docs/method.md section 3), or their
+    # "mean" (1/K; the common DANN form, half the sum at K = 2)
+    adv_reduction: str = "sum"
     consistency: str = "recon_vs_prior"  # "recon_vs_prior" | "semantic" | "cycle" | "none"
     pseudo_label_threshold: float = 0.9  # "semantic": confidence needed for a target pseudo-label
     grl_gamma: float = 10.0  # GRL coefficient 2 / (1 + exp(-gamma * p)) - 1
     grl_max: float = 1.0
+    grl_horizon: int = 0  # p = step / grl_horizon (TLlib: 1000, uncapped); 0: p = step / train.steps
 
 
 @dataclass
@@ -83,9 +100,15 @@ class TrainConfig:
 
     steps: int = 1500
     lr: float = 1e-3
-    lr_schedule: str = "dann"  # "dann": lr / (1 + 10 p)^0.75 (Ganin et al.), or "constant"
+    # "dann": lr / (1 + alpha p)^beta over progress p = step / steps (Ganin et al.); "inv": lr /
+    # (1 + gamma step)^beta, a function of the step alone (TLlib, Caffe); or "constant"
+    lr_schedule: str = "dann"
     lr_decay_alpha: float = 10.0
     lr_decay_beta: float = 0.75
+    lr_decay_gamma: float = 0.001  # "inv"
+    optimizer: str = "adam"  # "adam" or "sgd" (momentum, nesterov below)
+    momentum: float = 0.9
+    nesterov: bool = True
     weight_decay: float = 0.0
     seed: int = 0
     log_every: int = 25
@@ -143,13 +166,18 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.encoder": ("digits", "resnet50"),
+    "model.encoder": ("digits", "lenet", "resnet50"),
+    "model.decoder_arch": ("conv", "mlp"),
+    "model.classify_on": ("z", "mu"),
+    "model.grl_on": ("h", "mu"),
+    "loss.adv_reduction": ("sum", "mean"),
+    "train.optimizer": ("adam", "sgd"),
     "model.decoder": ("per_domain", "shared", "none"),
-    "model.modulation": ("swap", "additive", "shift", "none"),
+    "model.modulation": ("swap", "whiten", "mix", "additive", "shift", "none"),
     "model.pairing": ("all_pairs", "random_partner", "mean_of_others"),
     "loss.consistency": ("recon_vs_prior", "semantic", "cycle", "none"),
     "runner.name": ("local", "ray"),
-    "train.lr_schedule": ("dann", "constant"),
+    "train.lr_schedule": ("dann", "inv", "constant"),
     "runner.backend": ("auto", "gloo", "nccl"),
 }
 
@@ -189,13 +217,24 @@ def validate(cfg: Any) -> None:
             f"data.image_size={cfg.data.image_size} does not fit model.encoder=digits "
             "(it takes 28 or 32 pixels); set data.image_size=28 or use model.encoder=resnet50"
         )
+    if cfg.model.encoder == "lenet" and cfg.data.image_size < 16:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} is too small for model.encoder=lenet "
+            "(two 5x5 convolutions and two poolings need at least 16 pixels; digits use 28)"
+        )
+    if cfg.model.modulation == "mix" and not 0.0 <= cfg.model.modulation_alpha <= 1.0:
+        raise ConfigError(
+            f"model.modulation_alpha={cfg.model.modulation_alpha} must be in [0, 1] for "
+            "model.modulation=mix (eps = sqrt(1 - a^2) n + a hbar keeps unit variance)"
+        )
     if cfg.model.encoder == "resnet50" and cfg.data.image_size < 64:
         raise ConfigError(
             f"data.image_size={cfg.data.image_size} is too small for model.encoder=resnet50 "
             "(use 224, or at least 64)"
         )
     for key in ("data.batch_size", "train.steps", "train.log_every", "train.eval_every",
-                "train.checkpoint_every", "runner.num_workers", "runner.cpus_per_worker"):
+                "train.checkpoint_every", "runner.num_workers", "runner.cpus_per_worker",
+                "model.discriminator_layers"):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key}={_get(cfg, key)} must be at least 1")
     if cfg.data.batch_size % cfg.runner.num_workers:

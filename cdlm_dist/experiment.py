@@ -39,7 +39,7 @@ def save_config(cfg: Config, run_dir: Path) -> None:
 
 
 def selection_summary(history: list[dict[str, float]]) -> dict[str, float]:
-    """Target accuracy under each named selection rule (CDLM.md section 5).
+    """Target accuracy under each named selection rule (docs/method.md section 5).
 
     - ``selected``: at the evaluation with the best label-free score (source validation accuracy)
     - ``last``: at the final step
@@ -76,7 +76,7 @@ def run_experiment(overrides: list[str], with_baseline: bool | None = None,
                "seed": cfg.train.seed, "steps": cfg.train.steps,
                "train_seconds": round(train_seconds, 1)}
     summary |= selection_summary(result.history)
-    gap = adversarial_gap(run_dir / "metrics.jsonl", len(domains))
+    gap = adversarial_gap(run_dir / "metrics.jsonl", len(domains), cfg.loss.adv_reduction)
     if not math.isnan(gap):  # summary.json stays strict JSON: no NaN
         summary["adv_gap"] = round(gap, 4)
     summary |= evaluate_selected(cfg, domains, result, run_dir)
@@ -108,7 +108,7 @@ def evaluate_selected(cfg: Config, domains: list[DomainData], result: TrainResul
             if isinstance(v, (int, float)) and not math.isnan(v)}
 
 
-def adversarial_gap(metrics_file: Path, num_domains: int) -> float:
+def adversarial_gap(metrics_file: Path, num_domains: int, reduction: str = "sum") -> float:
     """Label-free health of the adversarial game: the mean |logged domain loss - chance| over the
     second half of training (NaN without a discriminator). Near 0 the discriminator is held at
     chance, as domain-adversarial training intends; large values mean it wins (domains stay
@@ -123,7 +123,7 @@ def adversarial_gap(metrics_file: Path, num_domains: int) -> float:
         return math.nan
     half = adv[-1][0] / 2
     late = [v for step, v in adv if step > half] or [adv[-1][1]]
-    chance = adversarial_chance(num_domains)
+    chance = adversarial_chance(num_domains, reduction)
     return sum(abs(v - chance) for v in late) / len(late)
 
 

@@ -1,4 +1,4 @@
-"""CDLM's loss terms (CDLM.md section 3) as small functions, and their weighted sum.
+"""CDLM's loss terms (docs/method.md section 3) as small functions, and their weighted sum.
 
 Units [ours]: the reconstruction and KL terms are the per-image ELBO divided by the number of
 pixels (so beta = 1 is the ELBO's own balance at any image size); classification and domain
@@ -52,24 +52,27 @@ def semantic(translated_logits: torch.Tensor, labels: torch.Tensor | None,
     return F.cross_entropy(translated_logits, labels)
 
 
-def domain_adversarial(domain_logits: list[torch.Tensor]) -> torch.Tensor:
-    """K-way cross-entropy of the discriminator, per domain mean, scaled by 2 / K.
+def domain_adversarial(domain_logits: list[torch.Tensor], reduction: str = "sum") -> torch.Tensor:
+    """K-way cross-entropy of the discriminator, per domain mean, then summed over domains and
+    scaled by 2 / K ("sum") or averaged over domains ("mean", the common DANN form).
 
-    With K = 2 this equals BCE(D(h_s), 1) + BCE(D(h_t), 0) with D's logit = l_0 - l_1.
+    With K = 2, "sum" equals BCE(D(h_s), 1) + BCE(D(h_t), 0) with D's logit = l_0 - l_1, and
+    "mean" is half of that.
     """
     terms = [F.cross_entropy(lg, torch.full((len(lg),), k, device=lg.device, dtype=torch.long))
              for k, lg in enumerate(domain_logits)]
-    return torch.stack(terms).sum() * (REFERENCE_DOMAINS / len(domain_logits))
+    scale = REFERENCE_DOMAINS if reduction == "sum" else 1
+    return torch.stack(terms).sum() * (scale / len(domain_logits))
 
 
-def adversarial_chance(num_domains: int) -> float:
+def adversarial_chance(num_domains: int, reduction: str = "sum") -> float:
     """Value of :func:`domain_adversarial` when D predicts every domain with probability 1/K.
 
     A balanced min-max game keeps the logged domain loss near this value; far above it the
     encoder is flipping the discriminator, far below it the discriminator wins (see
     :func:`cdlm_dist.experiment.adversarial_gap`).
     """
-    return REFERENCE_DOMAINS * math.log(num_domains)
+    return (REFERENCE_DOMAINS if reduction == "sum" else 1) * math.log(num_domains)
 
 
 def _per_domain(values: list[tuple[int, torch.Tensor]], num_domains: int) -> torch.Tensor:
@@ -109,7 +112,7 @@ def compute_losses(out: ForwardOutput, xs: list[torch.Tensor], ys: list[torch.Te
         terms["kl"] = _per_domain(kl, K)
         total = total + beta * terms["kl"]
     if out.domain_logits:
-        terms["adv"] = domain_adversarial(out.domain_logits)
+        terms["adv"] = domain_adversarial(out.domain_logits, cfg.adv_reduction)
         total = total + cfg.l_adv * terms["adv"]
 
     con: list[tuple[int, torch.Tensor]] = []

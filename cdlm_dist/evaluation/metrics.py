@@ -1,4 +1,4 @@
-"""Final evaluation of a trained CDLM (CDLM.md section 5): accuracy, A-distance, domain KL, plots.
+"""Final evaluation of a trained CDLM (docs/method.md section 5): accuracy, A-distance, domain KL, plots.
 
 Everything here is measured on the test splits' latents mu = mu(E(x)) (the classifier's input at
 test time), so a number describes the representation the model actually classifies.
@@ -9,6 +9,9 @@ Keys returned by :func:`final_evaluation` (stable; other tools parse them):
 - ``target_acc``: mean test accuracy over the unlabelled (target) domains; NaN if there are none
 - ``target_im/<domain>``, ``target_im``: the label-free information-maximisation score of C(mu) on
   each unlabelled domain's test images, and its mean (see :mod:`cdlm_dist.evaluation.accuracy`)
+- ``hbar_pr/<domain>``: participation ratio (effective rank, 1 to latent_dim) of the correlation
+  matrix of h, i.e. of the standardised representation hbar that modulates the other domains
+- ``sigma_mean/<domain>``: mean posterior standard deviation exp(logvar / 2) (variational models)
 - ``a_distance/<a>__<b>``: proxy A-distance between the test latents of domains a and b
 - ``domain_kl/<a>__<b>``: KL(N_a || N_b) of diagonal Gaussians fitted to those latents
 - ``plot/<name>``: path (a string) of each PNG written, ``<name>`` in :data:`PLOT_FILES`
@@ -30,7 +33,7 @@ from cdlm_dist.data.domains import DomainData, Split
 from cdlm_dist.data.streams import iterate_split
 from cdlm_dist.evaluation.accuracy import test_stats
 from cdlm_dist.evaluation.plots import training_curves, translation_grid, tsne_plot
-from cdlm_dist.model.cdlm import CDLM
+from cdlm_dist.model.cdlm import CDLM, participation_ratio
 
 # Test latents per domain for the A-distance and the KL: enough for a stable linear classifier
 # and Gaussian fit, bounded so that a large test split does not make evaluation slow.
@@ -62,6 +65,25 @@ def latents(model: CDLM, split: Split, batch_size: int, device: torch.device,
     mus = [model.encode(x.to(device))[1].float().cpu()
            for x, _ in iterate_split(split, batch_size)]
     return torch.cat(mus), split.labels
+
+
+@torch.no_grad()
+def latent_diagnostics(model: CDLM, split: Split, batch_size: int, device: torch.device,
+                       max_points: int | None = None) -> dict[str, float]:
+    """Label-free shape of the latent space on ``split``: ``hbar_pr`` (how many directions the
+    modulating representation really spans) and ``sigma_mean`` (how much noise z carries)."""
+    model.eval()
+    split = split.subset(evenly_spaced(len(split), max_points))
+    hs, sigmas = [], []
+    for x, _ in iterate_split(split, batch_size):
+        h, _, logvar = model.posterior(x.to(device))
+        hs.append(h.float().cpu())
+        if logvar is not None:
+            sigmas.append(torch.exp(0.5 * logvar.float()).mean(1).cpu())
+    out = {"hbar_pr": participation_ratio(torch.cat(hs))}
+    if sigmas:
+        out["sigma_mean"] = float(torch.cat(sigmas).mean())
+    return out
 
 
 def _as_array(features: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -145,6 +167,10 @@ def final_evaluation(model: CDLM, domains: list[DomainData], cfg: Config,
     batch_size = cfg.data.eval_batch_size
     out: dict[str, float | str] = dict(test_stats(model, domains, cfg.data.domains, batch_size,
                                                   device))
+    for d in domains:
+        for key, value in latent_diagnostics(model, d.test, batch_size, device,
+                                             MAX_METRIC_POINTS).items():
+            out[f"{key}/{d.name}"] = value
 
     ev = cfg.eval
     if not (ev.a_distance or ev.domain_kl or ev.plots):

@@ -1,14 +1,15 @@
-"""CDLM: Cross-Domain Latent Modulation for K >= 2 domains (CDLM.md sections 2 and 4).
+"""CDLM: Cross-Domain Latent Modulation for K >= 2 domains (docs/method.md, sections 2 and 4).
 
 Read top to bottom, in the order data flows:
 
     h_k      = E(x_k)                      one shared encoder for every domain
-    mu_k, logvar_k = heads(h_k)
+    mu_k, logvar_k = heads(h_k)            logvar optionally capped (model.sigma_max)
     hbar_k   = standardise(h_k)            over the batch, so it can stand in for eps ~ N(0, I)
+                                           (or whitened: model.modulation=whiten)
     z_k^(j)  = mu_k + sigma_k * noise      noise from domain j != k, per model.modulation
     xrec     = G_k(z_k^(j))                per-domain decoder (or a shared one + domain code)
-    y_hat    = C(z_k^(j))                  classifier on the latent (C(mu) at test time)
-    d_hat_k  = D(GRL(h_k))                 K-way domain discriminator behind the GRL
+    y_hat    = C(z_k^(j)) or C(mu_k)       classifier (model.classify_on); C(mu) at test time
+    d_hat_k  = D(GRL(h_k)) or D(GRL(mu_k)) K-way domain discriminator (model.grl_on)
 
 Which partners j each domain k takes is ``model.pairing``. With K = 2 every pairing gives the single
 pair (s, t), (t, s), and the model is the two-domain CDLM. Everything a loss needs is computed in
@@ -17,24 +18,60 @@ pair (s, t), (t, s), and the model is the two-domain CDLM. Everything a loss nee
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from cdlm_dist.config import Config
 from cdlm_dist.model.grl import grad_reverse
-from cdlm_dist.model.networks import ConvDecoder, DigitsEncoder, ResNet50Encoder, mlp
-from cdlm_dist.model.sync_norm import batch_moments
+from cdlm_dist.model.networks import build_decoder, build_encoder, mlp
+from cdlm_dist.model.sync_norm import batch_moments, distributed_active
 
 STD_EPS = 1e-5
+WHITEN_EPS = 1e-3  # added to the covariance's eigenvalues, relative to their mean
 
 
 def standardise(h: torch.Tensor, sync: bool = False) -> torch.Tensor:
     """(h - mean) / std per dimension over the batch; over all ranks' batches when ``sync``."""
     mean, var, _ = batch_moments(h, [0], sync)
     return (h - mean) / torch.sqrt(var + STD_EPS)
+
+
+def whiten(h: torch.Tensor, sync: bool = False) -> torch.Tensor:
+    """h centred and decorrelated over the batch (ZCA), so its covariance is that of N(0, I)
+    noise on the directions the batch spans. The whitening matrix is treated as a constant
+    (no gradient through the eigendecomposition, which is unstable for close eigenvalues);
+    gradients flow through h. Over all ranks' batches when ``sync``."""
+    mean, _, _ = batch_moments(h, [0], sync)
+    centred = h - mean
+    with torch.no_grad():
+        c = centred.detach().float()
+        second = c.T @ c
+        count = torch.tensor(float(len(c)), device=c.device)
+        if sync and distributed_active():
+            import torch.distributed as dist
+
+            dist.all_reduce(second)
+            dist.all_reduce(count)
+        cov = second / count
+        evals, evecs = torch.linalg.eigh(cov)
+        evals = evals.clamp_min(0) + WHITEN_EPS * evals.clamp_min(0).mean().clamp_min(STD_EPS)
+        w = (evecs * evals.rsqrt()) @ evecs.T
+    return centred @ w.to(h.dtype)
+
+
+def participation_ratio(h: torch.Tensor) -> float:
+    """Effective rank of h's correlation matrix R: tr(R)^2 / tr(R^2), between 1 and dim(h).
+
+    hbar (h standardised) has this covariance; i.i.d. N(0, I) noise has ratio ~dim(h)."""
+    x = h.double()
+    x = (x - x.mean(0)) / x.std(0).clamp_min(STD_EPS)
+    r = (x.T @ x) / len(x)
+    return float(torch.diagonal(r).sum() ** 2 / (r * r).sum())
 
 
 def partners(k: int, num_domains: int, pairing: str, generator: torch.Generator | None
@@ -88,27 +125,27 @@ class CDLM(nn.Module):
         self.alpha = m.modulation_alpha
         self.modulation_grad = m.modulation_grad
         self.pairing = m.pairing
+        self.classify_on = m.classify_on
+        self.grl_on = m.grl_on
+        self.sigma_max = m.sigma_max
         self.consistency = cfg.loss.consistency if cfg.loss.l_con > 0 else "none"
         self.sync_stats = cfg.train.sync_batchnorm
 
-        if m.encoder == "digits":
-            self.encoder = DigitsEncoder(d.channels, d.image_size, m.hidden_dim, m.latent_dim)
-        else:
-            self.encoder = ResNet50Encoder(m.latent_dim, m.hidden_dim, m.pretrained)
+        self.encoder = build_encoder(m, d)
         self.mu_head = nn.Linear(m.latent_dim, m.latent_dim)
         self.logvar_head = nn.Linear(m.latent_dim, m.latent_dim) if m.variational else None
+        if self.logvar_head is not None:
+            nn.init.constant_(self.logvar_head.bias, m.logvar_init)
         self.decoder_kind = m.decoder
         if m.decoder == "per_domain":
-            self.decoders = nn.ModuleList(
-                ConvDecoder(m.latent_dim, d.channels, d.image_size, m.decoder_width)
-                for _ in range(num_domains))
+            self.decoders = nn.ModuleList(build_decoder(m, d) for _ in range(num_domains))
         elif m.decoder == "shared":
-            self.decoders = nn.ModuleList(
-                [ConvDecoder(m.latent_dim, d.channels, d.image_size, m.decoder_width, num_domains)])
+            self.decoders = nn.ModuleList([build_decoder(m, d, num_domains)])
         else:
             self.decoders = nn.ModuleList()
         self.classifier = mlp(m.latent_dim, m.hidden_dim, num_classes)
-        self.discriminator = (mlp(m.latent_dim, m.discriminator_hidden, num_domains)
+        self.discriminator = (mlp(m.latent_dim, m.discriminator_hidden, num_domains,
+                                  m.discriminator_layers, m.discriminator_norm)
                               if m.use_discriminator else None)
 
     # ---- pieces used at train and test time -------------------------------------------------
@@ -116,6 +153,19 @@ class CDLM(nn.Module):
         """(h, mu) of a batch of images."""
         h = self.encoder(x)
         return h, self.mu_head(h)
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(h, mu, logvar) of a batch of images; logvar is None for a deterministic model."""
+        h, mu = self.encode(x)
+        return h, mu, self.log_variance(h) if self.logvar_head is not None else None
+
+    def log_variance(self, h: torch.Tensor) -> torch.Tensor:
+        """logvar head, softly capped at 2 log(model.sigma_max) when a cap is set."""
+        raw = self.logvar_head(h)
+        if self.sigma_max <= 0:
+            return raw
+        cap = 2.0 * math.log(self.sigma_max)
+        return cap - F.softplus(cap - raw)
 
     def decode(self, z: torch.Tensor, domain: int) -> torch.Tensor:
         """Image logits of latent z rendered in ``domain``'s style."""
@@ -140,9 +190,11 @@ class CDLM(nn.Module):
         if not self.modulation_grad:
             other = other.detach()
         zero = torch.zeros_like(other)
-        if self.modulation == "swap":
+        if self.modulation in ("swap", "whiten"):  # whiten: hbar is already decorrelated
             return other, zero
         eps = torch.randn(other.shape, generator=noise_gen, device=other.device, dtype=other.dtype)
+        if self.modulation == "mix":
+            return (1.0 - self.alpha ** 2) ** 0.5 * eps + self.alpha * other, zero
         if self.modulation == "additive":
             return eps + self.alpha * other, zero
         if self.modulation == "shift":
@@ -159,16 +211,18 @@ class CDLM(nn.Module):
         draws what it would have drawn.
         """
         sizes = [len(x) for x in xs]
-        h_all = self.encoder(torch.cat(xs))  # one encoder call: shared BatchNorm statistics
+        with record_function("encoder"):  # named scopes: benchmarks/step_cost.py splits the cost
+            h_all = self.encoder(torch.cat(xs))  # one encoder call: shared BatchNorm statistics
         mu_all = self.mu_head(h_all)
         h, mu = list(h_all.split(sizes)), list(mu_all.split(sizes))
         if self.logvar_head is not None:
-            logvar = list(self.logvar_head(h_all).split(sizes))
+            logvar = list(self.log_variance(h_all).split(sizes))
         else:
             logvar = [None] * len(xs)
         out = ForwardOutput(h=h, mu=mu, logvar=logvar, pairs=[])
 
-        hbar = [standardise(hk, self.sync_stats) for hk in h] if self.variational else []
+        norm = whiten if self.modulation == "whiten" else standardise
+        hbar = [norm(hk, self.sync_stats) for hk in h] if self.variational else []
         for k in range(len(xs)):
             ks = [k] if not self.variational else partners(k, len(xs), self.pairing, pair_gen)
             for j in ks:
@@ -179,17 +233,21 @@ class CDLM(nn.Module):
                     z = mu[k]
                 pair = Pair(k=k, j=j, z=z)
                 if self.decoders:
-                    pair.rec_logits = self.decode(z, k)
+                    with record_function("decoders"):
+                        pair.rec_logits = self.decode(z, k)
                 if labelled[k]:
-                    pair.cls_logits = self.classify(z)
-                self._consistency_terms(pair, mu[k], len(xs))
+                    pair.cls_logits = self.classify(z if self.classify_on == "z" else mu[k])
+                with record_function("consistency"):
+                    self._consistency_terms(pair, mu[k], len(xs))
                 out.pairs.append(pair)
 
-        if self.discriminator is not None:
-            out.domain_logits = [self.discriminator(grad_reverse(hk, grl_coeff)) for hk in h]
-        out.prior_rec_logits = [
-            self.decode(hbar[k], k) if self.consistency == "recon_vs_prior" else None
-            for k in range(len(xs))]
+        if self.discriminator is not None:  # one call on all domains, as the encoder
+            seen = h_all if self.grl_on == "h" else mu_all
+            out.domain_logits = list(self.discriminator(grad_reverse(seen, grl_coeff)).split(sizes))
+        with record_function("consistency"):
+            out.prior_rec_logits = [
+                self.decode(hbar[k], k) if self.consistency == "recon_vs_prior" else None
+                for k in range(len(xs))]
         out.mu_cls_logits = [
             self.classify(mu[k]) if self.consistency == "semantic" else None
             for k in range(len(xs))]

@@ -23,6 +23,10 @@ def grad_reverse(x: torch.Tensor, coeff: float) -> torch.Tensor:
 
 
 def grl_coefficient(progress: float, gamma: float = 10.0, max_value: float = 1.0) -> float:
-    """DANN's warm-up 2 / (1 + exp(-gamma p)) - 1, from 0 at p = 0 towards ``max_value``."""
-    p = min(max(progress, 0.0), 1.0)
+    """DANN's warm-up 2 / (1 + exp(-gamma p)) - 1, from 0 at p = 0 towards ``max_value``.
+
+    p may pass 1 when the warm-up has a fixed horizon shorter than the run (TLlib's
+    ``WarmStartGradientReverseLayer``); the coefficient keeps approaching ``max_value``.
+    """
+    p = max(progress, 0.0)
     return max_value * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)

@@ -1,6 +1,6 @@
 """The training loop every runner uses: resume, step, log, evaluate, select, checkpoint.
 
-Model selection is label-free (CDLM.md section 5): the score is the mean accuracy on the
+Model selection is label-free (docs/method.md section 5): the score is the mean accuracy on the
 labelled domains' held-out validation data. Target test accuracy is recorded at every
 evaluation, but only to report it: "selected" is the target accuracy at the best score, "oracle"
 the best target accuracy at any evaluation (it uses target labels, so it is named as such).
@@ -23,7 +23,7 @@ from cdlm_dist.model.cdlm import CDLM, build_model
 from cdlm_dist.model.sync_norm import convert_sync_batchnorm
 from cdlm_dist.training.checkpoint import rng_state, set_rng_state
 from cdlm_dist.training.context import RunContext
-from cdlm_dist.training.step import train_step
+from cdlm_dist.training.step import build_optimizer, train_step
 
 FAULT_MARKER = ".fault_injected"
 
@@ -78,8 +78,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
     model = build_model(cfg, len(domains), domains[0].num_classes).to(ctx.device)
     if cfg.train.sync_batchnorm and ctx.world_size > 1:
         model = convert_sync_batchnorm(model)  # torch's own refuses CPU (gloo) tensors
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
-                                 weight_decay=cfg.train.weight_decay)
+    optimizer = build_optimizer(model, cfg)
     start, history, best = 0, [], None
     state = ctx.latest_state() if cfg.resume else None
     if state is not None:

@@ -6,6 +6,7 @@ from contextlib import nullcontext
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from cdlm_dist.config import Config
 from cdlm_dist.losses import compute_losses
@@ -19,11 +20,33 @@ def beta_at(step: int, cfg: Config) -> float:
 
 
 def lr_at(step: int, cfg: Config) -> float:
-    """DANN's annealing lr / (1 + alpha p)^beta over progress p, or the constant lr."""
+    """The learning rate at ``step`` under ``train.lr_schedule`` (a pure function: exact resume).
+
+    "dann" anneals over progress p = step / steps, so its shape stretches with the budget; "inv"
+    depends on the step alone, so a longer run keeps the same early schedule.
+    """
     t = cfg.train
     if t.lr_schedule == "constant":
         return t.lr
+    if t.lr_schedule == "inv":
+        return t.lr / (1.0 + t.lr_decay_gamma * step) ** t.lr_decay_beta
     return t.lr / (1.0 + t.lr_decay_alpha * step / t.steps) ** t.lr_decay_beta
+
+
+def grl_at(step: int, cfg: Config) -> float:
+    """GRL coefficient at ``step``: warm-up over train.steps, or over loss.grl_horizon steps."""
+    horizon = cfg.loss.grl_horizon or cfg.train.steps
+    return grl_coefficient(step / horizon, cfg.loss.grl_gamma, cfg.loss.grl_max)
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """Adam, or SGD with momentum (the DANN recipes'); the lr is set per step by :func:`lr_at`."""
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                               nesterov=t.nesterov and t.momentum > 0,
+                               weight_decay=t.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
 def active_domains(cfg: Config) -> list[int]:
@@ -52,15 +75,17 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     xs = [batch[k][0] for k in active]
     ys = [batch[k][1] if lab else None for k, lab in zip(active, labelled)]
     device = xs[0].device
-    coeff = grl_coefficient(step / cfg.train.steps, cfg.loss.grl_gamma, cfg.loss.grl_max)
-    with autocast(device, cfg.train.amp):
+    coeff = grl_at(step, cfg)
+    with autocast(device, cfg.train.amp), record_function("forward"):
         out = model(xs, labelled, grl_coeff=coeff, pair_gen=pair_gen, noise_gen=noise_gen)
         total, terms = compute_losses(out, xs, ys, cfg.loss, beta_at(step, cfg))
     for group in optimizer.param_groups:  # a function of the step: resumes exactly
         group["lr"] = lr_at(step, cfg)
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    optimizer.step()
+    with record_function("backward"):  # named scopes: benchmarks/step_cost.py splits the cost
+        total.backward()
+    with record_function("optimizer"):
+        optimizer.step()
     metrics = {f"loss/{k}": v.detach() for k, v in terms.items()}
     with torch.no_grad():
         accs = [(p.cls_logits.argmax(1) == ys[p.k]).float().mean() for p in out.pairs

@@ -3,7 +3,7 @@ weak ones early, and an Optuna study in an RDB storage records everything (``cdl
 
 Label-free selection. The metric Tune optimises and ASHA stops on is ``score``: the best mean
 accuracy on the labelled (source) domains' held-out validation split so far, exactly the score
-cdlm-train selects its checkpoint by (CDLM.md section 5). Selecting hyperparameters by target
+cdlm-train selects its checkpoint by (docs/method.md section 5). Selecting hyperparameters by target
 accuracy would need target labels, which a real adaptation task does not have; a sweep tuned
 on them reports an optimistic number that no user could reproduce (DomainBed's lesson). Target
 test accuracy is therefore carried only as ``oracle_target_acc`` (the target accuracy of the

@@ -54,6 +54,7 @@ def test_two_domains_give_documented_keys_and_valid_pngs(eval_setup, tmp_path: P
     src, tgt = (d.name for d in domains)
     assert set(out) == {f"test_acc/{src}", f"test_acc/{tgt}", "target_acc",
                         f"target_im/{tgt}", "target_im",
+                        f"hbar_pr/{src}", f"hbar_pr/{tgt}", f"sigma_mean/{src}", f"sigma_mean/{tgt}",
                         f"a_distance/{src}__{tgt}", f"domain_kl/{src}__{tgt}",
                         "plot/translation_grid", "plot/tsne"}  # no metrics.jsonl: no curves
     assert out["target_acc"] == out[f"test_acc/{tgt}"]
@@ -102,6 +103,8 @@ def test_switches_off_and_no_decoder(eval_setup, tmp_path: Path):
     out = final_evaluation(_model(cfg, domains), domains, cfg, tmp_path / "off")
     target = domains[1].name
     assert sorted(out) == sorted([f"test_acc/{d.name}" for d in domains]
+                                 + [f"{k}/{d.name}" for d in domains
+                                    for k in ("hbar_pr", "sigma_mean")]
                                  + ["target_acc", f"target_im/{target}", "target_im"])
     assert not (tmp_path / "off").exists()
 

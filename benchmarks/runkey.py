@@ -1,0 +1,41 @@
+"""Cache keys for benchmark runs: a hash of the resolved config and of the package source.
+
+A benchmark reads a finished run back instead of retraining it only when both are unchanged, so
+a changed default or a code change can never leave stale rows in a table: the old runs keep
+their directories, under a different key, and are simply not found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+# Keys that say where a run lives or how it prints, not what it computes.
+IGNORED = {"run_dir": "-", "name": "-", "data.root": "-", "data.download": False,
+           "train.progress": False, "resume": True}
+
+
+@lru_cache(maxsize=1)
+def source_digest() -> str:
+    """sha256 of every .py file of the installed ``cdlm_dist`` package (path and bytes)."""
+    import cdlm_dist
+
+    root = Path(cdlm_dist.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def run_key(overrides: list[str], length: int = 12) -> str:
+    """Hash of the config that ``overrides`` resolve to (location keys ignored) + the source."""
+    from omegaconf import OmegaConf
+
+    from cdlm_dist.config import compose
+
+    cfg = compose(overrides)
+    for key, value in IGNORED.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    return hashlib.sha256((text + source_digest()).encode()).hexdigest()[:length]
