@@ -88,3 +88,10 @@ def test_domain_loss_scale_does_not_grow_with_k():
     for k, v in zip((2, 3, 5), vals):
         assert torch.allclose(v, torch.tensor(2 * math.log(k)))
         assert v.item() == pytest.approx(losses.adversarial_chance(k))
+
+
+def test_mean_reduction_halves_the_two_domain_loss_and_its_chance_level():
+    logits = [torch.randn(5, 2), torch.randn(7, 2)]
+    summed = losses.domain_adversarial(logits, "sum")
+    assert losses.domain_adversarial(logits, "mean").item() == pytest.approx(summed.item() / 2)
+    assert losses.adversarial_chance(2, "mean") == pytest.approx(math.log(2))
