@@ -97,14 +97,16 @@ def _mean_of(g, prefix: str, fmt: str) -> str:
     return format(g[cols].to_numpy().mean(), fmt) if cols else "n/a"
 
 
-def table(df) -> str:
-    """Markdown: one row per pair x method, mean +- std over seeds for each selection rule."""
-    lines = ["| pair | method | seeds | " + " | ".join(t for _, t in COLUMNS)
-             + " | source val acc | target IM (label-free) | adversarial gap (label-free) "
+def table(df, hide_target: bool = False) -> str:
+    """Markdown: one row per pair x method, mean +- std over seeds for each selection rule
+    (only the label-free columns when ``hide_target``)."""
+    columns = [] if hide_target else COLUMNS
+    lines = ["| pair | method | seeds | " + "".join(f"{t} | " for _, t in columns)
+             + "source val acc | target IM (label-free) | adversarial gap (label-free) "
              "| domain KL (latents) | hbar PR | sigma |",
-             "|---|---|---|" + "---|" * (len(COLUMNS) + 6)]
+             "|---|---|---|" + "---|" * (len(columns) + 6)]
     for (pair, method), g in df.groupby(["preset", "variant"], sort=False):  # one_run sets it
-        cells = [f"{100 * g[c].mean():.1f} +- {100 * g[c].std(ddof=0):.1f}" for c, _ in COLUMNS]
+        cells = [f"{100 * g[c].mean():.1f} +- {100 * g[c].std(ddof=0):.1f} | " for c, _ in columns]
         kl_cols = [c for c in g.columns
                    if c.startswith("final/domain_kl/") and g[c].notna().all()]  # this pair's
         kl = f"{g[kl_cols[0]].mean():.2f}" if kl_cols else "n/a"
@@ -112,11 +114,35 @@ def table(df) -> str:
               and g["target_im_selected"].notna().all() else "n/a")
         gap = (f"{g['adv_gap'].mean():.2f}" if "adv_gap" in g and g["adv_gap"].notna().all()
                else "n/a")
-        lines.append(f"| {pair} | {method} | {len(g)} | " + " | ".join(cells)
-                     + f" | {100 * g['selected_score'].mean():.1f} | {im} | {gap} | {kl} "
+        lines.append(f"| {pair} | {method} | {len(g)} | " + "".join(cells)
+                     + f"{100 * g['selected_score'].mean():.1f} | {im} | {gap} | {kl} "
                      f"| {_mean_of(g, 'final/hbar_pr/', '.1f')} "
                      f"| {_mean_of(g, 'final/sigma_mean/', '.2f')} |")
     return "\n".join(lines)
+
+
+def label_free_choice(df, candidates: list[str], default: str) -> tuple[str, str]:
+    """The rule of docs/studies.md section 2, on label-free columns only: drop candidates whose
+    adversarial gap exceeds max(0.25, 2 x the default's) on any pair; take the best mean source
+    validation accuracy over pairs, ties (< 0.1 points) broken by the higher mean target IM.
+    Returns (winner, a line per candidate explaining the decision)."""
+    df = df[df["variant"].isin(candidates)]
+    per = df.groupby(["variant", "preset"])[["selected_score", "target_im_selected", "adv_gap"]]
+    per = per.mean().reset_index()
+    limit = per[per["variant"] == default].set_index("preset")["adv_gap"].mul(2).clip(lower=0.25)
+    lines, kept = [], []
+    for name, g in per.groupby("variant", sort=False):
+        worst = (g.set_index("preset")["adv_gap"] - limit).max()
+        val, im = 100 * g["selected_score"].mean(), g["target_im_selected"].mean()
+        ok = bool(worst <= 0) and len(g) == len(limit)
+        lines.append(f"{name}: source val {val:.2f}, target IM {im:.3f}, adv_gap "
+                     f"{', '.join(f'{v:.2f}' for v in g['adv_gap'])} "
+                     f"({'balanced' if ok else 'dropped: unbalanced game or missing pair'})")
+        if ok:
+            kept.append((val, im, name))
+    best_val = max(v for v, _, _ in kept)
+    ties = [(im, name) for v, im, name in kept if best_val - v < 0.1]
+    return max(ties)[1], "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench_results/accuracy")
     p.add_argument("--report-only", action="store_true",
                    help="tabulate the runs already finished under --out; train nothing")
+    p.add_argument("--select-among", nargs="*", default=[], metavar="NAME",
+                   help="apply docs/studies.md section 2's label-free rule to these variants")
+    p.add_argument("--default", default="cdlm", help="the variant the rule compares against")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     a = p.parse_args(argv)
     pairs = a.pairs or (EMBEDDED_PAIRS + (REAL_PAIRS if a.data_root else []))
@@ -186,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
           f"seeds {a.seeds}; accuracies in %.\n"
           "Headline rule: checkpoint with the best source validation accuracy (no target "
           "labels). The oracle column uses target labels and is for reference only.\n\n"
-          + table(df) + "\n")
+          + table(df, a.hide_target) + "\n")
+    if a.select_among:
+        winner, why = label_free_choice(df, a.select_among, a.default)
+        md += f"\nLabel-free rule (docs/studies.md section 2):\n\n```\n{why}\n```\n\nChosen: {winner}\n"
     (out / "results.md").write_text(md)
     print("\n" + md)
     return 0
