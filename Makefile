@@ -3,7 +3,8 @@
 #                CPU workers, then its summary beside a source-only baseline
 #   make test    the test suite (what CI runs)
 #   make lint    ruff
-#   make bench   accuracy benchmark (BENCH_ARGS=... to change it); bench-scaling, bench-multidomain,
+#   make bench   accuracy benchmark (BENCH_ARGS=... to change it); bench-step-cost, bench-peer
+#                (installs the optional pytorch-adapt extra), bench-scaling, bench-multidomain,
 #                bench-sweep for the others
 #   make submit  submit a job to a Ray cluster (ARGS="train ... --follow")
 PY ?= python3
@@ -14,7 +15,8 @@ ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install train test lint bench bench-scaling bench-multidomain bench-sweep submit clean
+.PHONY: install train test lint bench bench-step-cost bench-peer bench-scaling bench-multidomain \
+	bench-sweep submit clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 10), "cdlm-dist needs Python 3.10+; set PY=python3.x"'
@@ -38,6 +40,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py $(BENCH_ARGS)
+
+bench-step-cost: $(STAMP)
+	$(BIN)/python benchmarks/step_cost.py $(BENCH_ARGS)
+
+bench-peer: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[peer]'
+	$(BIN)/python benchmarks/peer.py $(BENCH_ARGS)
 
 bench-scaling: $(STAMP)
 	$(BIN)/python benchmarks/scaling.py $(BENCH_ARGS)

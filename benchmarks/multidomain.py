@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -77,26 +76,13 @@ def multisource_table(runs) -> list[str]:
 
 
 def step_cost(num_domains: int, pairing: str, batch: int = 64) -> float:
-    """Seconds per train_step of CDLM with K domains (28 px RGB random images)."""
+    """Seconds per train_step of CDLM with K domains (28 px RGB random images, 1 thread)."""
     import torch
-
-    from cdlm_dist.config import DomainConfig, compose
-    from cdlm_dist.model import build_model
-    from cdlm_dist.training.step import train_step
+    from step_cost import make_step, seconds_per_step
 
     torch.set_num_threads(1)
-    cfg = compose(["data=digits3", f"model.pairing={pairing}"])
-    cfg.data.domains = [DomainConfig(name=f"d{k}", labelled=k == 0) for k in range(num_domains)]
-    model = build_model(cfg, num_domains, 10)
-    opt = torch.optim.Adam(model.parameters())
-    data = [(torch.rand(batch, 3, 28, 28), torch.randint(10, (batch,)))
-            for _ in range(num_domains)]
-    for s in range(WARMUP_STEPS):
-        train_step(model, opt, data, s, cfg, torch.Generator().manual_seed(s))
-    start = time.perf_counter()
-    for s in range(TIMED_STEPS):
-        train_step(model, opt, data, s, cfg, torch.Generator().manual_seed(s))
-    return (time.perf_counter() - start) / TIMED_STEPS
+    step, _ = make_step(["data=digits3", f"model.pairing={pairing}"], batch, num_domains)
+    return seconds_per_step(step, TIMED_STEPS, WARMUP_STEPS)
 
 
 def main(argv: list[str] | None = None) -> int:
