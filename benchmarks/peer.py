@@ -197,6 +197,32 @@ def one_run(pair: str, seed: int, a, out: Path) -> dict | None:
     return row
 
 
+def report(out: Path, a) -> str:
+    """Markdown: per pair, mean +- std over the finished seeds of the target accuracy at the
+    evaluation with the best source validation accuracy (label-free), at the last step, and the
+    oracle (best by target labels, reference only), plus seconds per step."""
+    import statistics
+
+    lines = ["| pair | library | seeds | target acc (selected by source val) | target acc (last "
+             "step) | oracle target acc | s/step |", "|---|---|---|---|---|---|---|"]
+    for pair in a.pairs:
+        runs = []
+        for seed in a.seeds:
+            path = out / f"{run_name(pair, seed, a)}.jsonl"
+            if path.exists():
+                evals = [json.loads(x) for x in path.read_text().splitlines()[1:] if x.strip()]
+                best = max(evals, key=lambda e: e["source_val_acc"])  # first maximum
+                runs.append((best["target_acc"], evals[-1]["target_acc"],
+                             max(e["target_acc"] for e in evals), evals[-1]["s_per_step"]))
+        if not runs:
+            continue
+        cells = [f"{100 * statistics.mean(r[i] for r in runs):.1f} +- "
+                 f"{100 * statistics.pstdev([r[i] for r in runs]):.1f}" for i in range(3)]
+        lines.append(f"| {pair} | pytorch-adapt DANN ({a.backbone}) | {len(runs)} | "
+                     + " | ".join(cells) + f" | {statistics.mean(r[3] for r in runs):.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--pairs", nargs="*", default=PAIRS, choices=PAIRS)
@@ -212,10 +238,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder with torchvision's MNIST/ and USPS/")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default="bench_results/peer")
+    p.add_argument("--report-only", action="store_true",
+                   help="tabulate the finished runs under --out; train nothing")
     a = p.parse_args(argv)
     if a.steps < 1 or a.eval_every < 1 or a.batch_size < 1:
         p.error("--steps, --eval-every and --batch-size must be positive")
     a.data_root = str(Path(a.data_root).expanduser().resolve())
+    if a.report_only:
+        print(report(Path(a.out), a))
+        return 0
     import torch
 
     torch.set_num_threads(a.threads)
@@ -225,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     for pair in a.pairs:
         for seed in a.seeds:
             one_run(pair, seed, a, out)
+    print(report(out, a))
     return 0
 
 
