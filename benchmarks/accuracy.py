@@ -57,7 +57,10 @@ class Job:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out) / "runs" / f"{self.pair}__{self.variant}__seed{self.seed}__{self.key}"
+        """The run with this key, whatever variant name it was made under (names are labels)."""
+        runs = Path(self.out) / "runs"
+        made = sorted(runs.glob(f"*__{self.key}")) if runs.exists() else []
+        return made[0] if made else runs / f"{self.pair}__{self.variant}__seed{self.seed}__{self.key}"
 
     @property
     def finished(self) -> bool:

@@ -31,3 +31,15 @@ def test_rule_ignores_target_accuracy():
     df = pd.DataFrame(_rows("cdlm", 0.99, 1.0, (0.1, 0.1)) + _rows("other", 0.98, 1.0, (0.1, 0.1)))
     df.loc[df["variant"] == "other", "target_acc_selected"] = 1.0
     assert label_free_choice(df, ["cdlm", "other"], "cdlm")[0] == "cdlm"
+
+
+def test_a_run_is_found_by_its_key_whatever_variant_name_made_it(tmp_path):
+    from accuracy import Job
+
+    made = tmp_path / "runs" / "mnist_to_usps__old_name__seed0__abc123"
+    (made).mkdir(parents=True)
+    (made / "summary.json").write_text("{}")
+    job = Job("mnist_to_usps", "new_name", 0, (), "abc123", str(tmp_path), "")
+    assert job.run_dir == made and job.finished
+    fresh = Job("mnist_to_usps", "new_name", 0, (), "def456", str(tmp_path), "")
+    assert fresh.run_dir.name == "mnist_to_usps__new_name__seed0__def456" and not fresh.finished
