@@ -58,7 +58,8 @@ MODULATIONS = [["model.modulation=swap"], ["model.modulation=whiten"],
 @pytest.mark.parametrize("model_name", ["digits", "lenet"])
 @pytest.mark.parametrize("modulation", MODULATIONS, ids=lambda o: "-".join(o))
 def test_modulated_latent_has_a_gradient_path_to_the_other_domain(modulation, model_name):
-    grad = _latent_grad_wrt_other_domain(_cfg(f"model={model_name}", *modulation))
+    grad = _latent_grad_wrt_other_domain(_cfg(f"model={model_name}", *modulation,
+                                              "model.modulation_grad=true"))
     assert grad is not None and grad.abs().sum() > 0
 
 
