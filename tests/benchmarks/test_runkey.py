@@ -22,7 +22,8 @@ def test_key_follows_what_the_run_computes_not_where_it_lives():
 
 
 def test_a_method_file_and_the_same_overrides_share_a_key():
-    recipe = runkey.run_key(["data=mnist_to_usps", "model=lenet", "train=long", "method=dann_peer"])
+    recipe = runkey.run_key(["data=mnist_to_usps", "model=lenet", "train=long", "method=dann_peer",
+                             "data.image_size=32", "data.channels=3"])
     spelled = runkey.run_key(["data=mnist_to_usps", "model=lenet", "train=long", "method=dann",
                               "model.discriminator_layers=2", "model.discriminator_hidden=256",
                               "train.lr=1e-4", "train.lr_schedule=constant",
