@@ -61,7 +61,12 @@ def _import_peer():
 
 
 def build_lenet(channels: int, image_size: int):
-    """The literature's LeNet (ADDA, TLlib's lenet, our model=lenet): features of size 500."""
+    """The literature's LeNet (ADDA, TLlib's lenet, our model=lenet): features of size 500.
+
+    The same trunk as ``cdlm_dist.model.networks.LeNetEncoder`` without its projection to h:
+    reusing that class would draw the projection's initial weights from the seeded generator
+    before the library's C and D, and so change the peer runs that README "Peer DANN" reports.
+    """
     import torch.nn as nn
 
     side = ((image_size - 4) // 2 - 4) // 2
