@@ -13,8 +13,8 @@ and is reported only for comparison, never for choosing anything.
 
 Every run uses PROTOCOL (the LeNet backbone, configs/train/long.yaml: 3000 steps, an evaluation
 every 200). Runs are cached under a key that hashes the resolved config and the package source
-(runkey.py): a finished run is read back, an interrupted one resumes from its last checkpoint,
-and a run made by other code or other defaults is never reused. `--report-only` tabulates what
+(cdlm_dist/runkey.py): a finished run is read back, an interrupted one resumes from its last
+checkpoint, and a run made by other code or other defaults is never reused. `--report-only` tabulates what
 has finished for the current code.
 Writes <out>/results.parquet (one row per run) and <out>/results.md (mean +- std per cell).
 """
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from runkey import run_key
+from cdlm_dist.runkey import run_key
 
 EMBEDDED_PAIRS = ["mnist5k_to_mnistm_synth"]
 REAL_PAIRS = ["mnist_to_usps", "usps_to_mnist"]

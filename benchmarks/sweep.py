@@ -60,15 +60,11 @@ def study_name(strategy: str) -> str:
 
 def run_strategy(name: str, args: argparse.Namespace, out: Path) -> dict:
     """One sweep: the selected trial and what the search cost."""
-    import ray
-
     from cdlm_dist.tuning.config import compose_sweep
     from cdlm_dist.tuning.driver import run_sweep
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=args.cpus or None, include_dashboard=False)
     study = study_name(name)
-    overrides = [f"data={args.pair}", f"train.steps={args.steps}",
+    overrides = [f"data={args.pair}", f"runner.num_cpus={args.cpus}", f"train.steps={args.steps}",
                  f"train.eval_every={args.epoch_steps}",
                  f"train.checkpoint_every={args.epoch_steps}", "train.progress=false",
                  f"sweep.num_samples={args.trials}", f"sweep.max_concurrent_trials={args.concurrent}",

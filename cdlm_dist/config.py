@@ -98,7 +98,7 @@ class LossConfig:
 class TrainConfig:
     """The optimisation budget and the cadence of evaluation, logging and checkpoints."""
 
-    steps: int = 1500
+    steps: int = 600  # `make train`'s budget: minutes on 2 CPU cores (benchmarks use train=long)
     lr: float = 1e-3
     # "dann": lr / (1 + alpha p)^beta over progress p = step / steps (Ganin et al.); "inv": lr /
     # (1 + gamma step)^beta, a function of the step alone (TLlib, Caffe); or "constant"
@@ -133,6 +133,7 @@ class EvalConfig:
     tsne_points: int = 600
     grid_rows: int = 8
     baseline: bool = True  # also train source-only with the same budget for the summary
+    baseline_dir: str = ""  # finished baselines, reused by key; "" = <run_dir's parent>/baselines
 
 
 @dataclass
@@ -143,7 +144,8 @@ class RunnerConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1
-    address: str = "local"  # "local", "auto" or ray://host:port
+    address: str = "local"  # which cluster (the one key): "local", "auto", ray://host:port
+    num_cpus: int = 0  # logical CPUs of a local instance; 0 = the machine's (or the workers' need)
     storage_path: str = ""  # "" = <run_dir>/ray; any pyarrow filesystem URI works
     max_failures: int = 0
     backend: str = "auto"  # "auto" (nccl on GPU, gloo on CPU), "gloo", "nccl"
@@ -270,6 +272,13 @@ def register_configs() -> None:
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # a link to the repository's configs/
 
 
+def unknown_choice(missing: str, options: list[str]) -> str:
+    """The error for a group option that does not exist: Hydra's first line names only the file."""
+    group, _, choice = missing.rpartition("/")
+    return (f"{group}={choice} is not an option of config group '{group}'; choose one of: "
+            f"{', '.join(options)} (the files in configs/{group}/)")
+
+
 def compose(overrides: list[str] | None = None, config_name: str = "train") -> Any:
     """Compose ``configs/<config_name>.yaml`` with Hydra overrides into a typed, validated config.
 
@@ -279,7 +288,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> A
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
     register_configs()
@@ -289,10 +298,12 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> A
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as exc:
         message = str(exc).split("\n")[0]
+        if isinstance(exc, MissingConfigException) and exc.options:  # e.g. runner=rays
+            message = unknown_choice(exc.missing_cfg_file, exc.options)
         if message.startswith("Could not override"):
             key = message.split("'")[1]
             message = (f"unknown config key '{key}' (check the spelling; "
-                       "`cdlm-train --cfg` prints every key)")
+                       f"`cdlm-{config_name} --cfg` prints every key)")  # cdlm-train|sweep
         raise ConfigError(f"invalid configuration: {message}") from exc
     if config_name == "train":
         validate(cfg)

@@ -1,16 +1,22 @@
-"""What the loop needs from whoever runs it: devices, ranks, reductions, checkpoints, logging.
+"""What the loop needs from whoever runs it: device, ranks, reductions, checkpoints, a live log.
 
-The loop (:mod:`cdlm_dist.training.loop`) is written once against :class:`RunContext`; the local
-runner and the Ray Train runner each provide one. Every rank calls :meth:`report` at the same
-steps (Ray Train requires it); only the main rank's state is persisted.
+The loop (:mod:`cdlm_dist.training.loop`) is written once against :class:`RunContext`. Every
+runner builds the same class; they differ only in the :class:`CheckpointStore` they plug in:
+
+- :class:`FileStore`: ``run_dir/checkpoints/step_*.pt`` (runner=local, torchrun, tests);
+- :class:`cdlm_dist.runners.session.SessionStore`: Ray Train's or Ray Tune's checkpoints
+  (runner=ray workers, and trials of a sweep).
+
+Ranks come from ``torch.distributed`` when a process group is up (Ray Train, torchrun), so one
+class serves one process and N. Every rank calls :meth:`report` at the same steps (Ray Train
+requires it); only the main rank passes a state to persist.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -23,6 +29,8 @@ from cdlm_dist.training.checkpoint import (
     save_checkpoint,
 )
 
+METRICS_LOG = "metrics.jsonl"  # the live log; the complete series also travels in checkpoints
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -30,57 +38,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class RunContext:
-    """Single-process context: the local runner's, and the base of the Ray one."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    def __init__(self, run_dir: Path, device: torch.device, keep_checkpoints: int = 2) -> None:
-        self.run_dir = Path(run_dir)
-        self.device = device
-        self.keep = keep_checkpoints
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    def wrap_model(self, model: nn.Module) -> nn.Module:
-        """DDP for distributed contexts; the model itself here."""
-        return model
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return t
-
-    def latest_state(self) -> dict[str, Any] | None:
-        found = list_checkpoints(self.checkpoint_dir)
-        return load_checkpoint(found[-1], map_location=self.device) if found else None
-
-    def report(self, step: int, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        """Persist ``state`` (main rank only; None elsewhere) at a checkpoint step."""
-        if state is not None:
-            save_checkpoint(state, self.checkpoint_dir / f"step_{step:07d}.pt")
-            prune_checkpoints(self.checkpoint_dir, self.keep)
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Append one JSON line of metrics (main rank)."""
-        if not self.is_main:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:  # wall_time: per-step timing
-            f.write(json.dumps({"step": step, "wall_time": time.time(), **metrics}) + "\n")
-
-    def truncate_log(self, step: int) -> None:
-        """Drop metric lines written after ``step`` (logged before a crash, now to be redone)."""
-        path = self.run_dir / "metrics.jsonl"
-        if not self.is_main or not path.exists():
-            return
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
+def set_threads(num_threads: int, fallback: float = 0) -> None:
+    """torch's CPU threads: train.num_threads, else the process's CPU share (Ray workers and
+    trials), else torch's default. The one place every runner sets them."""
+    threads = num_threads or int(fallback)
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def ddp_backend(backend: str, device: torch.device) -> str:
@@ -90,19 +53,58 @@ def ddp_backend(backend: str, device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-class DistributedContext(RunContext):
-    """A rank of an initialised ``torch.distributed`` process group (torchrun, Ray Train, tests).
+class CheckpointStore(Protocol):
+    """Where a run's loop states go and come back from."""
 
-    Checkpoints go to ``run_dir/checkpoints`` from rank 0 and are read by every rank, so
-    ``run_dir`` must be shared by all ranks (one machine, or a shared filesystem).
-    """
+    def latest(self, device: torch.device) -> dict[str, Any] | None:
+        """The newest state to resume from, or None for a fresh start."""
+
+    def save(self, step: int, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        """Called by every rank at a checkpoint step; ``state`` is None except on rank 0."""
+
+
+class FileStore:
+    """Step checkpoints in a folder, the newest ``keep`` kept (0 keeps all)."""
+
+    def __init__(self, directory: Path, keep: int = 2) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def latest(self, device: torch.device) -> dict[str, Any] | None:
+        found = list_checkpoints(self.directory)
+        return load_checkpoint(found[-1], map_location=device) if found else None
+
+    def save(self, step: int, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if state is not None:
+            save_checkpoint(state, self.directory / f"step_{step:07d}.pt")
+            prune_checkpoints(self.directory, self.keep)
+
+
+class RunContext:
+    """One rank of a run: its device, its place among the ranks, and its checkpoint store."""
 
     def __init__(self, run_dir: Path, device: torch.device, keep_checkpoints: int = 2,
-                 rank: int | None = None, world_size: int | None = None) -> None:
-        """``rank``/``world_size`` default to the process group's (a launcher may know them)."""
-        super().__init__(run_dir, device, keep_checkpoints)
-        self.rank = dist.get_rank() if rank is None else rank
-        self.world_size = dist.get_world_size() if world_size is None else world_size
+                 store: CheckpointStore | None = None, rank: int | None = None,
+                 world_size: int | None = None, live_log: bool = True) -> None:
+        """``store`` defaults to a :class:`FileStore` in ``run_dir/checkpoints``; ``rank`` and
+        ``world_size`` to the process group's (0 and 1 without one). ``live_log=False`` keeps
+        rank 0 from writing metrics.jsonl where the driver cannot see it (another node)."""
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.store = store or FileStore(self.checkpoint_dir, keep_checkpoints)
+        group = dist.is_available() and dist.is_initialized()
+        self.rank = rank if rank is not None else dist.get_rank() if group else 0
+        self.world_size = (world_size if world_size is not None
+                           else dist.get_world_size() if group else 1)
+        self.live_log = live_log
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """DDP across ranks; the bare model on one rank (DDP would only add per-step cost)."""
@@ -119,3 +121,34 @@ class DistributedContext(RunContext):
         out = t.clone()
         dist.all_reduce(out)
         return out
+
+    def latest_state(self) -> dict[str, Any] | None:
+        return self.store.latest(self.device)
+
+    def report(self, step: int, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        """Persist ``state`` (main rank; None elsewhere) and report ``metrics`` at a checkpoint."""
+        self.store.save(step, metrics, state)
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append one row to the live metrics.jsonl (main rank), for watching a run."""
+        if self.is_main and self.live_log:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / METRICS_LOG, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def restart_log(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite the live log from a resumed state's rows (drops lines logged after the
+        checkpoint, before a crash: they are about to be redone)."""
+        if self.is_main and self.live_log:
+            write_log(self.run_dir / METRICS_LOG, rows)
+
+
+def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]

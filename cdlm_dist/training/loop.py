@@ -1,13 +1,18 @@
 """The training loop every runner uses: resume, step, log, evaluate, select, checkpoint.
 
-Model selection is label-free (docs/method.md section 5): the score is the mean accuracy on the
-labelled domains' held-out validation data. Target test accuracy is recorded at every
-evaluation, but only to report it: "selected" is the target accuracy at the best score, "oracle"
-the best target accuracy at any evaluation (it uses target labels, so it is named as such).
+Model selection is label-free (:mod:`cdlm_dist.training.selection`): an evaluation's
+``eval_score`` is the mean accuracy on the labelled domains' held-out validation data. Target
+test accuracy is recorded at every evaluation, but only to report it.
+
+Everything the driver needs after training travels in the checkpoint state, not in files that
+rank 0 wrote: the weights, the selection, the evaluation history and the logged rows (losses and
+evaluations, each with its wall time). So a Ray driver on another node than rank 0 rebuilds the
+same run directory as a local run (metrics.jsonl on rank 0 is only a live view).
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +27,8 @@ from cdlm_dist.evaluation.accuracy import prediction_stats, test_stats
 from cdlm_dist.model.cdlm import CDLM, build_model
 from cdlm_dist.model.sync_norm import convert_sync_batchnorm
 from cdlm_dist.training.checkpoint import rng_state, set_rng_state
-from cdlm_dist.training.context import RunContext
+from cdlm_dist.training.context import METRICS_LOG, RunContext, read_log
+from cdlm_dist.training.selection import EVAL_SCORE, Selection, progress_metrics
 from cdlm_dist.training.step import build_optimizer, train_step
 
 FAULT_MARKER = ".fault_injected"
@@ -34,10 +40,21 @@ class InjectedFault(RuntimeError):
 
 @dataclass
 class TrainResult:
-    model: CDLM  # weights after the last step
+    """What a runner hands back to the driver (from rank 0's final checkpoint under Ray)."""
+
+    final_state: dict[str, torch.Tensor]  # weights after the last step
     selected_state: dict[str, torch.Tensor]  # weights at the best label-free score
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per evaluation
+    log: list[dict[str, float]] = field(default_factory=list)  # the rows of metrics.jsonl
     step: int = 0
+
+    @classmethod
+    def from_state(cls, state: dict) -> TrainResult:
+        """The result a (final) checkpoint state describes."""
+        selection = Selection.from_checkpoint(state["best"])
+        return cls(final_state=state["model"], selected_state=selection.state or state["model"],
+                   history=list(state["history"]), log=list(state.get("log", [])),
+                   step=state["step"])
 
 
 def seed_everything(seed: int) -> None:
@@ -61,7 +78,7 @@ def evaluate_in_training(model: CDLM, domains: list[DomainData], cfg: Config,
                 model, d.val, cfg.data.eval_batch_size, ctx.device, ctx.rank, ctx.world_size,
                 ctx.all_reduce_sum)["acc"]
     vals = list(out.values())
-    out["score"] = sum(vals) / len(vals) if vals else 0.0
+    out[EVAL_SCORE] = sum(vals) / len(vals) if vals else 0.0
     out |= test_stats(model, domains, cfg.data.domains, cfg.data.eval_batch_size, ctx.device,
                       ctx.rank, ctx.world_size, ctx.all_reduce_sum)
     return out
@@ -69,6 +86,13 @@ def evaluate_in_training(model: CDLM, domains: list[DomainData], cfg: Config,
 
 def _cpu_state(model: CDLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _resumed_log(state: dict, ctx: RunContext) -> list[dict]:
+    """The logged rows up to the resumed step (older checkpoints kept them only in the file)."""
+    if "log" in state:
+        return list(state["log"])
+    return [r for r in read_log(ctx.run_dir / METRICS_LOG) if r["step"] <= state["step"]]
 
 
 def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool = True
@@ -79,14 +103,16 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
     if cfg.train.sync_batchnorm and ctx.world_size > 1:
         model = convert_sync_batchnorm(model)  # torch's own refuses CPU (gloo) tensors
     optimizer = build_optimizer(model, cfg)
-    start, history, best = 0, [], None
+    start, history, rows, selection = 0, [], [], Selection()
     state = ctx.latest_state() if cfg.resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        start, history, best = state["step"], list(state["history"]), state["best"]
-        ctx.truncate_log(start)
+        start, history = state["step"], list(state["history"])
+        selection = Selection.from_checkpoint(state["best"])
+        rows = _resumed_log(state, ctx)
+        ctx.restart_log(rows)
     train_model = ctx.wrap_model(model)
     stream = MultiDomainStream([d.train for d in domains], cfg.data.batch_size, cfg.train.seed,
                                ctx.rank, ctx.world_size)
@@ -109,7 +135,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
         if done % cfg.train.log_every == 0 or final:
             logged = _reduce_means(running, ctx)
             running.clear()
-            ctx.log(done, logged)
+            _log(rows, ctx, done, logged)
             if bar is not None:
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in logged.items()
                                  if k in ("loss/total", "loss/cls", "loss/adv", "train/acc")}
@@ -117,23 +143,32 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
         if done % cfg.train.eval_every == 0 or final:
             last_eval = {"step": done, **evaluate_in_training(model, domains, cfg, ctx)}
             history.append(last_eval)
-            ctx.log(done, {f"eval/{k}": v for k, v in last_eval.items() if k != "step"})
-            if best is None or last_eval["score"] > best["score"]:
-                best = {"step": done, "score": last_eval["score"], "model": _cpu_state(model)}
+            _log(rows, ctx, done, {f"eval/{k}": v for k, v in last_eval.items() if k != "step"})
+            selection.update(done, last_eval[EVAL_SCORE], model)
         if done % cfg.train.checkpoint_every == 0 or final:
             state = None
             if ctx.is_main:
                 state = {"model": _cpu_state(model), "optimizer": optimizer.state_dict(),
                          "step": done, "rng": rng_state(), "history": history,
-                         "best": best, "config_yaml": config_yaml}
-            ctx.report(done, dict(last_eval), state)
+                         "best": selection.to_checkpoint(), "log": rows,
+                         "config_yaml": config_yaml}
+            ctx.report(done, progress_metrics(history, done, cfg.train.checkpoint_every), state)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    selected = best["model"] if best is not None else _cpu_state(model)
-    return TrainResult(model=model, selected_state=selected, history=history,
-                       step=cfg.train.steps)
+    if start >= cfg.train.steps:  # resumed at the end: nothing ran, but the result must reach
+        ctx.report(start, progress_metrics(history, start, cfg.train.checkpoint_every), None)
+    final_state = _cpu_state(model)
+    return TrainResult(final_state=final_state, selected_state=selection.state or final_state,
+                       history=history, log=rows, step=cfg.train.steps)
+
+
+def _log(rows: list[dict], ctx: RunContext, step: int, metrics: dict[str, float]) -> None:
+    """One row of the run's log (kept for the checkpoint; mirrored live to metrics.jsonl)."""
+    row = {"step": step, "wall_time": time.time(), **metrics}  # wall_time: per-step timing
+    rows.append(row)
+    ctx.log(row)
 
 
 def _reduce_means(running: dict[str, list[torch.Tensor]], ctx: RunContext) -> dict[str, float]:

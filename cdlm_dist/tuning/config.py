@@ -15,13 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cdlm_dist.config import Config, ConfigError, compose, validate
+from cdlm_dist.training.selection import BEST_SCORE, EVAL_SCORE
 
 SAMPLERS = ("tpe", "random")
 SCHEDULERS = ("asha", "fifo")
 # Label-free metrics a sweep may optimise (see cdlm_dist/tuning/__init__.py for why only these):
-# "score" is the best source validation accuracy so far (what cdlm-train selects on),
-# "eval_score" the source validation accuracy at the latest evaluation.
-LABEL_FREE_METRICS = ("score", "eval_score")
+# "best_score" is the best source validation accuracy so far (the score of the weights
+# cdlm-train selects), "eval_score" the source validation accuracy at the latest evaluation.
+LABEL_FREE_METRICS = (BEST_SCORE, EVAL_SCORE)
 
 
 @dataclass
@@ -36,7 +37,7 @@ class SweepConfig:
     trial_cpus: float = 1.0  # Ray resources of one trial (of its driver, for runner=ray)
     trial_gpus: float = 0.0
     seed: int = 0  # seeds the sampler (the training seed is train.seed, fixed for all trials)
-    metric: str = "score"  # label-free only: one of LABEL_FREE_METRICS
+    metric: str = BEST_SCORE  # label-free only: one of LABEL_FREE_METRICS
     sampler: str = "tpe"  # "tpe" (Optuna TPE) | "random"
     n_startup_trials: int = 4  # TPE: random trials before its model is used
     multivariate: bool = True  # TPE: model the parameters jointly (l_adv and l_con trade off)
@@ -46,8 +47,6 @@ class SweepConfig:
     storage: str = ""  # SQLAlchemy URL of the Optuna study; "" = SQLite in the sweep directory
     study_name: str = "${name}"
     output_dir: str = "sweeps"  # the sweep directory is <output_dir>/<study_name>
-    address: str = "local"  # Ray: "local" starts an instance, "auto"/ray://host:port joins one
-    num_cpus: int = 0  # logical CPUs of a local Ray instance (0 = the machine's)
     max_failures: int = 0  # Tune retries of a failed trial, from its last checkpoint
     importance_min_trials: int = 8  # fewer finished trials: correlation instead of fANOVA
     verbose: int = 1  # Ray Tune console output: 0 silent, 1 status, 2 every result

@@ -41,9 +41,9 @@ EXPERIMENT_PREFIX = "tune_"
 # Keys that may change between driver runs of one sweep: they say how many trials and where they
 # run, not what a trial is (num_samples may grow to extend a finished sweep).
 RUNTIME_KEYS = frozenset(f"sweep.{k}" for k in (
-    "num_samples", "max_concurrent_trials", "trial_cpus", "trial_gpus", "address", "num_cpus",
-    "max_failures", "verbose", "importance_min_trials", "output_dir", "storage")) | frozenset(
-    {"train.device", "train.progress", "train.num_threads"})
+    "num_samples", "max_concurrent_trials", "trial_cpus", "trial_gpus", "max_failures",
+    "verbose", "importance_min_trials", "output_dir", "storage")) | frozenset(
+    {"train.device", "train.progress", "train.num_threads", "runner.address", "runner.num_cpus"})
 
 
 def run_sweep(cfg: DictConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def run_sweep(cfg: DictConfig, log: Callable[[str], Any] = print) -> dict[str, A
     directory.mkdir(parents=True, exist_ok=True)
     check_same_sweep(cfg, directory)
     study, storage = open_study(cfg, directory)
-    recovered = recover_orphans(study, directory)
+    recovered = recover_orphans(study, storage, directory)
     done = len(finished_trials(study))
     remaining = max(0, cfg.sweep.num_samples - done)
     experiment = next_experiment_name(directory)
@@ -110,31 +110,16 @@ def _tune(cfg: DictConfig, train_cfg: DictConfig, params: list, study, storage,
 
 
 def start_ray(cfg: DictConfig) -> None:
-    """Join the running Ray (tests, a Ray job) or start/join the one sweep.address names.
-
-    "local" always starts a private instance (``ray.init(address="local")``): a bare
-    ``ray.init()`` would join whatever cluster was last started on this machine. Sweeps of
-    runner=ray trials get the dashboard: Ray Train's placement-group cleaner needs its state API
-    to free a trial's workers when ASHA stops the trial.
-    """
+    """Connect to the cluster runner.address names (or the running Ray), and check that one
+    trial fits: its own sweep.trial_cpus/_gpus, plus its Ray Train workers for runner=ray."""
     import ray
 
+    from cdlm_dist.runners.cluster import check_resources, connect_ray
+
     s = cfg.sweep
-    if not ray.is_initialized():
-        if s.address == "local":
-            ray.init(address="local", num_cpus=s.num_cpus or None,
-                     include_dashboard=cfg.runner.name == "ray")
-        else:
-            ray.init(address=s.address)
-    have = ray.cluster_resources()
-    need_cpu = s.trial_cpus + (cfg.runner.num_workers * cfg.runner.cpus_per_worker
-                               if cfg.runner.name == "ray" else 0)
-    if need_cpu > have.get("CPU", 0) or s.trial_gpus > have.get("GPU", 0):
-        raise ConfigError(
-            f"one trial needs {need_cpu:g} CPUs and {s.trial_gpus:g} GPUs (sweep.trial_cpus, "
-            "sweep.trial_gpus, and runner.num_workers x runner.cpus_per_worker for runner=ray) "
-            f"but the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} "
-            "GPUs; lower them or raise sweep.num_cpus")
+    connect_ray(cfg.runner, need_cpus=s.trial_cpus, dashboard=cfg.runner.name == "ray")
+    check_resources(cfg.runner, ray.cluster_resources(), driver_cpus=s.trial_cpus,
+                    driver_gpus=s.trial_gpus)
 
 
 def check_same_sweep(cfg: DictConfig, directory: Path) -> None:

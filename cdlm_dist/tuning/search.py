@@ -80,7 +80,7 @@ def trial_dirname(trial: Any) -> str:
     return trial_dir_name(trial.trial_id)
 
 
-def recover_orphans(study, directory: Path) -> int:
+def recover_orphans(study, storage, directory: Path) -> int:
     """Requeue trials left RUNNING by a killed driver; return how many.
 
     Each orphan is marked FAIL (it never finished) and its parameters are enqueued, carrying its
@@ -96,64 +96,97 @@ def recover_orphans(study, directory: Path) -> int:
                          / trial_dir_name(t.user_attrs[ATTR_TUNE_ID]))
             if has_checkpoint(trial_dir):
                 attrs[RESUME_KEY] = str(trial_dir)
-        study._storage.set_trial_user_attr(t._trial_id, ATTR_ORPHANED, True)
+        mark_trial(study, storage, t.number, ATTR_ORPHANED, True)
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(t.params, user_attrs=attrs)
     return len(orphans)
 
 
+def mark_trial(study, storage, number: int, key: str, value: Any) -> None:
+    """Set a user attribute on a trial no live ``optuna.Trial`` holds (a killed driver's), through
+    the storage's public API (a Study offers no call for that)."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number)
+    storage.set_trial_user_attr(trial_id, key, value)
+
+
 def make_searcher(cfg: DictConfig, space: dict[str, Any], storage, experiment: str,
                   trials_so_far: int):
-    """OptunaSearch on the persistent study, with the bookkeeping resumes need."""
-    from ray.tune.search.optuna import OptunaSearch
+    """A Tune searcher on the persistent study, with the bookkeeping resumes need."""
+    import optuna
+    from ray.tune.search import Searcher
 
-    class StudySearch(OptunaSearch):
-        """OptunaSearch that records in the study which Tune trial runs each Optuna trial,
-        reports intermediate values by epoch (not Tune's iteration, which restarts when a trial
-        is resumed), stores the oracle column as a user attribute, and fails errored trials."""
+    metric = cfg.sweep.metric
 
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self._epochs_reported: dict[str, set[int]] = {}  # Tune trial id -> epochs in study
+    class StudySearch(Searcher):
+        """Tune's side of the study, on Optuna's public ask/tell API (Ray's OptunaSearch keeps
+        its trials in private fields that our bookkeeping would have to reach into).
+
+        It records in the study which Tune trial runs each Optuna trial, reports intermediate
+        values by epoch (not Tune's iteration, which restarts when a trial is resumed), stores
+        the recorded metrics (the oracle column among them) as user attributes, completes a
+        trial with its last label-free value and fails an errored one.
+        """
+
+        def __init__(self) -> None:
+            super().__init__(metric=metric, mode="max")
+            self.study = optuna.create_study(
+                storage=storage, study_name=cfg.sweep.study_name, direction="maximize",
+                sampler=make_sampler(cfg, trials_so_far), load_if_exists=True)
+            self.trials: dict[str, optuna.Trial] = {}  # Tune trial id -> its Optuna trial
+            self.finished: set[str] = set()
+            self.epochs_reported: dict[str, set[int]] = {}
+
+        def set_search_properties(self, metric, mode, config, **spec) -> bool:
+            return not config  # the space is the study's; Tune's param_space stays empty
 
         def suggest(self, trial_id: str) -> dict | None:
-            params = super().suggest(trial_id)
-            if params is None:
-                return None
-            ot = self._ot_trials[trial_id]
+            if trial_id not in self.trials:  # asks enqueued (requeued) trials first
+                self.trials[trial_id] = self.study.ask(fixed_distributions=space)
+            ot = self.trials[trial_id]
             ot.set_user_attr(ATTR_EXPERIMENT, experiment)
             ot.set_user_attr(ATTR_TUNE_ID, trial_id)
             resume = ot.user_attrs.get(RESUME_KEY)
-            return params | ({RESUME_KEY: resume} if resume else {})
+            return dict(ot.params) | ({RESUME_KEY: resume} if resume else {})
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            self._report(trial_id, result)
+            if trial_id in self.trials and trial_id not in self.finished:
+                self._report(trial_id, result)
 
         def _report(self, trial_id: str, result: dict) -> None:
             epoch = int(result[EPOCH])
-            seen = self._epochs_reported.setdefault(trial_id, set())
-            if epoch not in seen:
-                self._ot_trials[trial_id].report(result[self.metric], epoch)
+            seen = self.epochs_reported.setdefault(trial_id, set())
+            if epoch not in seen and metric in result:
+                self.trials[trial_id].report(result[metric], epoch)
                 seen.add(epoch)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
-            ot = self._ot_trials.get(trial_id)
-            if ot is not None and result and not error and trial_id not in self._completed_trials:
-                # Tune passes the last result (the one ASHA stopped on, or the final epoch) here
-                # and not to on_trial_result; the rungs re-seeded after a resume need it
-                self._report(trial_id, result)
-                for key in RECORDED_METRICS:
-                    if key in result:
-                        ot.set_user_attr(key, result[key])
-            # an errored trial's last result is partial: FAIL it instead of completing it
-            super().on_trial_complete(trial_id, None if error else result, error)
+            ot = self.trials.get(trial_id)
+            if ot is None or trial_id in self.finished:
+                return
+            self.finished.add(trial_id)
+            if error or not result or metric not in result:
+                # an errored trial's last result is partial: it never counts (one that ended
+                # without any result was stopped, as Ray's OptunaSearch records it)
+                state = optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
+                self.study.tell(ot, state=state)
+                return
+            # Tune passes the last result (the one ASHA stopped on, or the final epoch) here
+            # and not to on_trial_result; the rungs re-seeded after a resume need it
+            self._report(trial_id, result)
+            for key in RECORDED_METRICS:
+                if key in result:
+                    ot.set_user_attr(key, result[key])
+            self.study.tell(ot, result[metric])
 
-    return StudySearch(space=space, metric=cfg.sweep.metric, mode="max",
-                       sampler=make_sampler(cfg, trials_so_far),
-                       study_name=cfg.sweep.study_name, storage=storage)
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: the study is the ledger (see cdlm_dist/tuning/driver.py)."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """Nothing to restore: a resumed driver reopens the study."""
+
+    return StudySearch()
 
 
 def make_scheduler(cfg: DictConfig, epochs: int, study):

@@ -120,7 +120,7 @@ def test_training_curves_from_the_loops_log(tmp_path: Path):
     log = tmp_path / "metrics.jsonl"
     lines = [{"step": 25, "wall_time": 1.0, "loss/total": 3.0, "train/acc": 0.2},
              {"step": 50, "loss/total": 2.0, "train/acc": 0.4},
-             {"step": 50, "eval/score": 0.5, "eval/target_acc": 0.3}]
+             {"step": 50, "eval/eval_score": 0.5, "eval/target_acc": 0.3}]
     log.write_text("".join(json.dumps(row) + "\n" for row in lines))
     path = training_curves(log, tmp_path / "curves.png")
     with Image.open(path) as img:

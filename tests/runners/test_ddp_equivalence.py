@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from cdlm_dist.config import compose
 from cdlm_dist.data.domains import DomainData
 from cdlm_dist.training.checkpoint import list_checkpoints, load_checkpoint
-from cdlm_dist.training.context import DistributedContext, RunContext
+from cdlm_dist.training.context import RunContext
 from cdlm_dist.training.loop import fit
 
 STEPS = 4
@@ -40,7 +40,7 @@ def _rank(rank: int, init_file: str, cfg, domains: list[DomainData], run_dir: st
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     try:
-        fit(cfg, domains, DistributedContext(Path(run_dir), torch.device("cpu")), progress=False)
+        fit(cfg, domains, RunContext(Path(run_dir), torch.device("cpu")), progress=False)
     finally:
         dist.destroy_process_group()
 

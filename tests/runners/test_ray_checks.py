@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from cdlm_dist.config import ConfigError, RunnerConfig
-from cdlm_dist.runners.ray_train import check_resources, resolve_backend, resolve_storage
+from cdlm_dist.runners.cluster import check_resources
+from cdlm_dist.runners.ray_train import resolve_backend, resolve_storage
 
 
 def _runner(**kw) -> RunnerConfig:

@@ -60,7 +60,7 @@ def test_an_interrupted_run_resumes_from_its_latest_checkpoint_when_started_agai
     assert summary["steps"] == STEPS
     _assert_steps_once_and_redone_after(run_dir, restart)
     evals = [json.loads(ln)["step"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
-             if "eval/score" in ln]
+             if "eval/eval_score" in ln]
     assert evals == [3, STEPS]  # the step-3 evaluation came back from the checkpoint
     assert summary["selected_step"] in evals
 

@@ -9,6 +9,7 @@ import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from cdlm_dist.training.selection import BEST_SCORE, ORACLE
 from cdlm_dist.tuning.search import (
     ATTR_EXPERIMENT,
     ATTR_ORPHANED,
@@ -18,25 +19,23 @@ from cdlm_dist.tuning.search import (
     recover_orphans,
     seed_asha_rungs,
 )
-from cdlm_dist.tuning.trainable import (
-    ORACLE,
-    RESUME_KEY,
-    STATE_FILE,
-    trial_dir_name,
-    trial_metrics,
-)
+from cdlm_dist.tuning.trainable import RESUME_KEY, STATE_FILE, trial_dir_name
 
 SPACE = {"loss.l_adv": FloatDistribution(0.01, 10.0, log=True)}
 
 
 @pytest.fixture
-def study(tmp_path):
+def storage(tmp_path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s",
-                               direction="maximize")
+    return optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
 
 
-def test_orphans_are_failed_and_requeued_with_their_checkpoint(study, tmp_path):
+@pytest.fixture
+def study(storage):
+    return optuna.create_study(storage=storage, study_name="s", direction="maximize")
+
+
+def test_orphans_are_failed_and_requeued_with_their_checkpoint(study, storage, tmp_path):
     done = study.ask(SPACE)
     study.tell(done, 0.5)
     running = study.ask(SPACE)
@@ -46,13 +45,13 @@ def test_orphans_are_failed_and_requeued_with_their_checkpoint(study, tmp_path):
     ckpt.mkdir(parents=True)
     torch.save({"model": {}}, ckpt / STATE_FILE)
 
-    assert recover_orphans(study, tmp_path) == 1
+    assert recover_orphans(study, storage, tmp_path) == 1
 
     states = {t.number: t.state for t in study.trials}
     assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, 2: TrialState.WAITING}
     assert study.trials[1].user_attrs[ATTR_ORPHANED] is True
     assert [t.number for t in finished_trials(study)] == [0]
-    assert recover_orphans(study, tmp_path) == 0  # idempotent
+    assert recover_orphans(study, storage, tmp_path) == 0  # idempotent
     rerun = study.ask(SPACE)  # what OptunaSearch gets next: the same point, not a new sample
     assert rerun.number == 2 and rerun.params == running.params
     assert rerun.user_attrs[ATTR_RESUMED_FROM] == 1
@@ -67,7 +66,7 @@ def test_asha_rungs_are_reseeded_from_the_study(study):
         t.report(value, 1)
         t.report(value + 0.1, 2)
         study.tell(t, value + 0.1)
-    asha = ASHAScheduler(time_attr="epoch", metric="score", mode="max", max_t=4,
+    asha = ASHAScheduler(time_attr="epoch", metric=BEST_SCORE, mode="max", max_t=4,
                          grace_period=1, reduction_factor=2)
     # rungs at epochs 1 and 2 (and 4, which no trial reached): 4 values each
     assert seed_asha_rungs(asha, finished_trials(study)) == 8
@@ -76,32 +75,21 @@ def test_asha_rungs_are_reseeded_from_the_study(study):
     assert asha._brackets[0].cutoff(rungs[1]) == pytest.approx(0.5)  # median with rf=2
 
 
-def test_trial_metrics_are_label_free_except_the_oracle_column():
-    history = [{"step": 3, "score": 0.7, "target_acc": 0.4, "val_acc/a": 0.7, "test_acc/b": 0.4},
-               {"step": 6, "score": 0.6, "target_acc": 0.5, "val_acc/a": 0.6, "test_acc/b": 0.5}]
-    m = trial_metrics(history, 6, steps_per_epoch=3)
-    assert m["epoch"] == 2 and m["step"] == 6
-    assert m["score"] == 0.7  # the best so far: what cdlm-train would select
-    assert m["eval_score"] == 0.6
-    assert m[ORACLE] == 0.4  # target accuracy of the selected weights, not the best one (0.5)
-    assert not any("target" in k or "test_acc" in k for k in m if k != ORACLE)
-
-
-def test_searcher_records_the_last_result_and_fails_errored_trials(sweep_cfg, study):
+def test_searcher_records_the_last_result_and_fails_errored_trials(sweep_cfg, storage):
     """Tune hands the result ASHA stops on to on_trial_complete only: it must reach the study
     (ASHA's rungs are re-seeded from it); an errored trial's partial result must not count."""
     from cdlm_dist.tuning.search import make_searcher
 
-    searcher = make_searcher(sweep_cfg, SPACE, study._storage, "tune_0", trials_so_far=0)
+    searcher = make_searcher(sweep_cfg, SPACE, storage, "tune_0", trials_so_far=0)
     config = searcher.suggest("stopped")
     assert set(config) == {"loss.l_adv"}
-    searcher.on_trial_result("stopped", {"score": 0.3, "epoch": 1})
-    searcher.on_trial_complete("stopped", {"score": 0.4, "epoch": 2, ORACLE: 0.25, "step": 6})
+    searcher.on_trial_result("stopped", {BEST_SCORE: 0.3, "epoch": 1})
+    searcher.on_trial_complete("stopped", {BEST_SCORE: 0.4, "epoch": 2, ORACLE: 0.25, "step": 6})
     searcher.suggest("crashed")
-    searcher.on_trial_complete("crashed", {"score": 0.9, "epoch": 1}, error=True)
+    searcher.on_trial_complete("crashed", {BEST_SCORE: 0.9, "epoch": 1}, error=True)
 
     stopped, crashed = optuna.load_study(study_name=sweep_cfg.sweep.study_name,
-                                         storage=study._storage).trials
+                                         storage=storage).trials
     assert stopped.state == TrialState.COMPLETE and stopped.value == 0.4
     assert stopped.intermediate_values == {1: 0.3, 2: 0.4}
     assert stopped.user_attrs[ORACLE] == 0.25
@@ -128,7 +116,7 @@ def test_asha_stops_weak_trials_but_never_at_their_last_epoch(sweep_cfg, study):
     weak_early, weak_last = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
     for trial in (weak_early, weak_last):
         asha.on_trial_add(None, trial)
-    assert asha.on_trial_result(None, weak_early, {"epoch": 1, "score": 0.1}) == \
+    assert asha.on_trial_result(None, weak_early, {"epoch": 1, BEST_SCORE: 0.1}) == \
         TrialScheduler.STOP
-    assert asha.on_trial_result(None, weak_last, {"epoch": 2, "score": 0.1}) == \
+    assert asha.on_trial_result(None, weak_last, {"epoch": 2, BEST_SCORE: 0.1}) == \
         TrialScheduler.CONTINUE

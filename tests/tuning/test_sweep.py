@@ -108,7 +108,7 @@ def test_killed_driver_resumes_to_exactly_num_samples(ray_local, tmp_path):
     log = tmp_path / "killed_driver.log"
     with open(log, "w") as out:
         driver = subprocess.Popen(
-            [sys.executable, "-m", "cdlm_dist.cli.sweep", *overrides, f"sweep.address={address}"],
+            [sys.executable, "-m", "cdlm_dist.cli.sweep", *overrides, f"runner.address={address}"],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     storage = f"sqlite:///{tmp_path / 't' / 'study.db'}"
     try:

@@ -1,15 +1,18 @@
-"""Cache keys for benchmark runs: a hash of the resolved config and of the package source.
+"""Cache keys of finished runs: a hash of the resolved config and of the package source.
 
-A benchmark reads a finished run back instead of retraining it only when both are unchanged, so
-a changed default or a code change can never leave stale rows in a table: the old runs keep
-their directories, under a different key, and are simply not found.
+A benchmark (and a run's source-only baseline, ``eval.baseline``) reads a finished run back
+instead of retraining it only when both are unchanged, so a changed default or a code change can
+never leave stale rows in a table: the old runs keep their directories, under a different key,
+and are simply not found.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 # Keys that say where a run lives or how it prints, not what it computes.
 IGNORED = {"run_dir": "-", "name": "-", "data.root": "-", "data.download": False,
@@ -28,14 +31,19 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-def run_key(overrides: list[str], length: int = 12) -> str:
-    """Hash of the config that ``overrides`` resolve to (location keys ignored) + the source."""
+def config_key(cfg: Any, length: int = 12) -> str:
+    """Hash of a composed config (location keys ignored) + the package source."""
     from omegaconf import OmegaConf
 
-    from cdlm_dist.config import compose
-
-    cfg = compose(overrides)
+    cfg = copy.deepcopy(cfg)
     for key, value in IGNORED.items():
         OmegaConf.update(cfg, key, value, merge=False)
     text = OmegaConf.to_yaml(cfg, resolve=True)
     return hashlib.sha256((text + source_digest()).encode()).hexdigest()[:length]
+
+
+def run_key(overrides: list[str], length: int = 12) -> str:
+    """:func:`config_key` of the config that ``overrides`` resolve to."""
+    from cdlm_dist.config import compose
+
+    return config_key(compose(overrides), length)

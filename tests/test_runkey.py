@@ -1,14 +1,12 @@
-"""Benchmark cache keys: a changed default or a changed source never reuses an old run."""
+"""Run cache keys: a changed default or a changed source never reuses an old run."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import runkey  # noqa: E402
+from cdlm_dist import runkey
 
 BASE = ["data=mnist_to_usps", "model=lenet", "train=long", "method=cdlm", "train.seed=0"]
 
