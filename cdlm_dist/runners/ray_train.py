@@ -142,7 +142,9 @@ def run_ray(cfg: Config, domains: list[DomainData], run_dir: Path, trial: Any = 
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        # the worker's error is the last line of Ray's snippet (the first is a generic header)
+        reason = ([ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                  or [type(exc).__name__])[-1]
         raise RayRunError(
             f"Ray Train run {cfg.name!r} failed after runner.max_failures={runner.max_failures} "
             f"retries ({reason}); start the same command again to resume from the latest "

@@ -49,7 +49,7 @@ def test_an_interrupted_run_resumes_from_its_latest_checkpoint_when_started_agai
         ray_local, tmp_path: Path, tiny_overrides: list[str]) -> None:
     run_dir = tmp_path / "run"
     overrides = tiny_overrides + RAY_2_WORKERS + ["name=ray_resume", "runner.max_failures=0"]
-    with pytest.raises(RayRunError, match="Start the same command again"):
+    with pytest.raises(RayRunError, match=r"InjectedFault.*start the same command again"):
         run_experiment(overrides, log=lambda *_: None)
     checkpoints = [p for p in (run_dir / "ray" / "ray_resume").glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 1, "the interrupted run checkpoints at step 3 only"

@@ -1,0 +1,59 @@
+"""Results reach the driver whatever the node layout: a run whose ranks all live on other nodes
+than the driver's writes the same run directory as a one-node run (two TorchTrainer.fit calls,
+each on its own Ray cluster in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.runners.multinode_run import LAYOUTS
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[2]
+# What may differ between the two runs: where they live and how long they took.
+LOCATION_KEYS = ("run_dir", "storage_path")
+TIME_KEYS = ("wall_time", "train_seconds")
+
+
+def _drop(node, keys):
+    if isinstance(node, dict):
+        return {k: _drop(v, keys) for k, v in node.items() if k not in keys}
+    if isinstance(node, list):
+        return [_drop(v, keys) for v in node]
+    return node
+
+
+def _files(run_dir: Path) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_ranks_on_other_nodes_give_the_same_run_directory_as_one_node(tmp_path: Path) -> None:
+    for layout in LAYOUTS:
+        subprocess.run([sys.executable, "-m", "tests.runners.multinode_run", str(tmp_path),
+                        layout], cwd=REPO, check=True, timeout=900)
+    multi, single = (tmp_path / layout for layout in LAYOUTS)
+
+    assert _files(multi) == _files(single)
+    assert {"config.yaml", "metrics.jsonl", "metrics.parquet", "summary.json",
+            "training_curves.png"} <= _files(multi)
+    rows = [[json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines()]
+            for d in (multi, single)]
+    assert [r["step"] for r in rows[0] if "loss/total" in r] == [2, 4, 6]
+    assert [r["step"] for r in rows[0] if "eval/eval_score" in r] == [3, 6]
+    assert _drop(rows[0], TIME_KEYS) == _drop(rows[1], TIME_KEYS)  # bit for bit, gloo on CPU
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (multi, single)]
+    assert summaries[0]["selected_step"] in (3, 6) and "adv_gap" in summaries[0]
+    assert _drop(summaries[0], TIME_KEYS) == _drop(summaries[1], TIME_KEYS)
+    frames = [pd.read_parquet(d / "metrics.parquet").drop(columns="wall_time")
+              for d in (multi, single)]
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    configs = [yaml.safe_load((d / "config.yaml").read_text()) for d in (multi, single)]
+    assert _drop(configs[0], LOCATION_KEYS) == _drop(configs[1], LOCATION_KEYS)

@@ -1,0 +1,78 @@
+"""RunContext and its checkpoint stores: what every runner hands the loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cdlm_dist.training.checkpoint import list_checkpoints
+from cdlm_dist.training.context import FileStore, RunContext, read_log, set_threads
+
+CPU = torch.device("cpu")
+
+
+def _state(step: int) -> dict:
+    return {"model": {"w": torch.full((2,), float(step))}, "step": step, "config_yaml": ""}
+
+
+def test_one_process_is_rank_0_of_1_and_keeps_its_model_and_tensors_as_they_are(tmp_path: Path):
+    ctx = RunContext(tmp_path, CPU)
+    model = torch.nn.Linear(2, 2)
+    t = torch.ones(3)
+    assert (ctx.rank, ctx.world_size, ctx.is_main) == (0, 1, True)
+    assert ctx.wrap_model(model) is model and ctx.all_reduce_sum(t) is t
+    assert RunContext(tmp_path, CPU, rank=1, world_size=2).is_main is False
+
+
+def test_file_store_resumes_from_the_newest_and_keeps_the_last_n(tmp_path: Path):
+    ctx = RunContext(tmp_path, CPU, keep_checkpoints=2)
+    assert ctx.latest_state() is None
+    for step in (2, 4, 6):
+        ctx.report(step, {"step": step}, _state(step))
+    assert [p.name for p in list_checkpoints(ctx.checkpoint_dir)] == ["step_0000004.pt",
+                                                                      "step_0000006.pt"]
+    assert ctx.latest_state()["step"] == 6
+    ctx.report(8, {"step": 8}, None)  # a non-main rank's report persists nothing
+    assert ctx.latest_state()["step"] == 6
+
+
+def test_a_store_is_pluggable(tmp_path: Path):
+    """Ray Train and Tune plug in their session here; the context only forwards."""
+    calls = []
+
+    class Recording(FileStore):
+        def save(self, step, metrics, state):
+            calls.append((step, metrics, state is not None))
+
+    ctx = RunContext(tmp_path, CPU, store=Recording(tmp_path / "x"))
+    ctx.report(3, {"best_score": 0.5}, _state(3))
+    assert calls == [(3, {"best_score": 0.5}, True)]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_live_log_is_rewritten_on_resume_and_can_be_switched_off(tmp_path: Path):
+    ctx = RunContext(tmp_path, CPU)
+    for step in (1, 2, 3):
+        ctx.log({"step": step, "loss": float(step)})
+    ctx.restart_log([{"step": 1, "loss": 1.0}])  # resumed at step 1: lines 2 and 3 are redone
+    assert read_log(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 1.0}]
+    elsewhere = RunContext(tmp_path / "other", CPU, live_log=False)  # rank 0 on another node
+    elsewhere.log({"step": 1})
+    elsewhere.restart_log([{"step": 1}])
+    assert not (tmp_path / "other").exists()
+    assert not RunContext(tmp_path, CPU, rank=1, world_size=2).log({"step": 9})
+    assert len(read_log(tmp_path / "metrics.jsonl")) == 1
+
+
+def test_threads_follow_the_config_then_the_cpu_share(tmp_path: Path):
+    before = torch.get_num_threads()
+    try:
+        set_threads(0, fallback=0)
+        assert torch.get_num_threads() == before  # nothing asked: torch's default stays
+        set_threads(0, fallback=2.0)
+        assert torch.get_num_threads() == 2
+        set_threads(1, fallback=2.0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
