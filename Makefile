@@ -2,6 +2,7 @@
 #   make train   the main job: CDLM on embedded data (no downloads) on Ray Train with 2 local
 #                CPU workers, then its summary beside a source-only baseline
 #   make test    the test suite (what CI runs)
+#   make test-fast  the suite without the tests that start Ray (pytest marker `ray`)
 #   make lint    ruff
 #   make bench   accuracy benchmark (BENCH_ARGS=... to change it); bench-step-cost, bench-peer
 #                (installs the optional pytorch-adapt extra), bench-scaling, bench-multidomain,
@@ -15,7 +16,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install train test lint bench bench-step-cost bench-peer bench-scaling bench-multidomain \
+.PHONY: install train test test-fast lint bench bench-step-cost bench-peer bench-scaling bench-multidomain \
 	bench-sweep submit clean
 
 $(STAMP): pyproject.toml
@@ -34,6 +35,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not ray" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cdlm_dist tests benchmarks
