@@ -291,13 +291,20 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> A
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
+    from cdlm_dist.overrides import (
+        check_data_overrides,
+        check_preset_label,
+        explain_composition_error,
+    )
+
     register_configs()
+    check_data_overrides(list(overrides or []))  # a wrong data.domains form: one line, the right one
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as exc:
-        message = str(exc).split("\n")[0]
+        message = explain_composition_error(exc) or str(exc).split("\n")[0]
         if isinstance(exc, MissingConfigException) and exc.options:  # e.g. runner=rays
             message = unknown_choice(exc.missing_cfg_file, exc.options)
         if message.startswith("Could not override"):
@@ -307,4 +314,5 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> A
         raise ConfigError(f"invalid configuration: {message}") from exc
     if config_name == "train":
         validate(cfg)
+    check_preset_label(cfg, list(overrides or []))
     return cfg

@@ -4,8 +4,18 @@ Usage:
     cdlm-eval runs/cdlm_x/checkpoints/step_0001500.pt
     cdlm-eval CKPT --out eval_dir --weights last data.root=/data/digits eval.plots=false
 
-The config is the one saved in the checkpoint, with any ``key=value`` overrides applied on top
-(e.g. a new ``data.root`` on another machine). ``--weights best`` (default) evaluates the weights
+The config is the one saved in the checkpoint, with overrides applied on top as cdlm-train reads
+them (e.g. a new ``data.root`` on another machine). To score the checkpoint on other domains:
+
+    cdlm-eval CKPT data=mnist5k_to_mnistm_synth            # a preset's domains
+    cdlm-eval CKPT data.domains.1.name=mnistm_synth        # one domain (counted from 0)
+    cdlm-eval CKPT 'data.domains=[{name: mnist5k, labelled: true}, {name: mnistm_synth}]'
+
+``data=<preset>`` takes the preset's domains (and name) only: image size, channels, data.root and
+the caps stay the checkpoint's, because its weights were trained for that input (an RGB preset is
+scored in grey by a grey model); the number of domains must stay the same. Other config groups
+(``model=``, ``method=``, ...) cannot change: the model is the checkpoint's.
+``--weights best`` (default) evaluates the weights
 selected by the label-free score; ``last`` those of the checkpoint's step. Results are printed and
 written to ``<out>/eval.json``; ``--out`` defaults to the run directory (the parent of
 ``checkpoints/``), where the PNGs also go. Exit code 2: unreadable checkpoint or bad config.
@@ -14,6 +24,7 @@ written to ``<out>/eval.json``; ``--out`` defaults to the run directory (the par
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -22,9 +33,16 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from cdlm_dist.config import Config, ConfigError, validate
+from cdlm_dist.config import CONFIG_DIR, Config, ConfigError, validate
+from cdlm_dist.overrides import (
+    check_data_overrides,
+    check_preset_label,
+    explain_failed_override,
+    invalid,
+    load_preset,
+)
 from cdlm_dist.training.checkpoint import CheckpointError, load_checkpoint
 
 EXIT_BAD_INPUT = 2
@@ -45,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def config_from_checkpoint(state: dict[str, Any], overrides: list[str]) -> Config:
-    """The typed config saved in ``state``, with dotlist ``overrides``, validated."""
+    """The typed config saved in ``state`` with ``overrides`` (read as cdlm-train reads them),
+    validated; the domains may change, their number may not (the model has one decoder each)."""
     import yaml
 
     try:
@@ -54,12 +73,53 @@ def config_from_checkpoint(state: dict[str, Any], overrides: list[str]) -> Confi
     except (OmegaConfBaseException, yaml.YAMLError) as exc:
         raise CheckpointError(f"the checkpoint's saved config does not fit this version's "
                               f"schema: {exc}") from exc
-    try:
-        cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+    cfg = apply_overrides(saved, overrides)
     validate(cfg)
+    if len(cfg.data.domains) != len(saved.data.domains):
+        raise invalid(f"the checkpoint's model has {len(saved.data.domains)} domains, the "
+                      f"overrides give {len(cfg.data.domains)}; choose a preset of "
+                      f"{len(saved.data.domains)} domains or replace single ones, e.g. "
+                      "data.domains.1.name=<domain>")
+    check_preset_label(cfg, overrides)
     return cfg  # type: ignore[return-value]
+
+
+def apply_overrides(saved: Any, overrides: list[str]) -> Any:
+    """``saved`` with ``overrides`` applied as Hydra would: the ``data=<preset>`` choice first,
+    then each ``key=value`` in order (a copy; ``saved`` is left as it is)."""
+    cfg = copy.deepcopy(saved)
+    parsed = check_data_overrides(overrides)
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+    keys = []
+    for override in parsed:
+        text, key = override.input_line, override.key_or_group
+        if override.is_sweep_override() or override.is_delete():
+            raise invalid(f"{text!r}: cdlm-eval takes one value a key and deletes none")
+        if key == "data" and isinstance(override.value(), str):
+            preset = load_preset(override.value())
+            cfg.data.preset = preset.get("preset", override.value())
+            OmegaConf.update(cfg, "data.domains", OmegaConf.to_container(preset.domains), merge=True)
+        elif key in groups:
+            raise invalid(f"{text!r}: the model and its training come from the checkpoint; of "
+                          "the config groups only data=<preset> can change")
+        else:
+            keys.append(override)
+    for override in keys:
+        try:
+            OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+        except (OmegaConfBaseException, TypeError) as exc:
+            message = explain_failed_override(override.input_line, exc) or _key_error(exc)
+            raise invalid(message) from exc
+    return cfg
+
+
+def _key_error(exc: Exception) -> str:
+    """One line for an OmegaConf refusal: an unknown key named in full, else its first line."""
+    full_key = getattr(exc, "full_key", "")
+    if isinstance(exc, (ConfigAttributeError, ConfigKeyError)) and full_key:
+        return (f"unknown config key '{full_key}' (check the spelling; `cdlm-train --cfg` prints "
+                "every key)")
+    return str(getattr(exc, "msg", exc)).splitlines()[0]
 
 
 def default_out_dir(checkpoint: Path) -> Path:

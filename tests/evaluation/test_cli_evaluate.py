@@ -8,15 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from cdlm_dist.cli.evaluate import (
     EVAL_FILE,
     EXIT_BAD_INPUT,
+    config_from_checkpoint,
     default_out_dir,
     main,
     select_weights,
 )
+from cdlm_dist.config import ConfigError
 from cdlm_dist.evaluation.metrics import PLOT_FILES
 from cdlm_dist.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from cdlm_dist.training.context import RunContext
@@ -109,3 +112,55 @@ def test_checkpoint_with_a_foreign_config_is_a_clear_error(tmp_path: Path, capsy
     assert main([str(path)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "saved config" in err and "no_such_field" in err and "Traceback" not in err
+
+
+# Scoring a checkpoint on another domain: a preset, one domain, or the list (issue 11, point 5).
+CHEAP = ["eval.plots=false", "eval.a_distance=false", "eval.domain_kl=false"]
+OTHER_TARGET = {"preset": "data=mnist5k_to_mnistm_synth",
+                "one domain": "data.domains.1.name=mnistm_synth",
+                "list without spaces": "data.domains=[{name:mnist5k,labelled:true},{name:mnistm_synth}]"}
+
+
+def test_scores_a_checkpoint_on_another_domain_each_way_alike(mixed_checkpoint: Path,
+                                                               tmp_path: Path):
+    metrics = {}
+    for way, override in OTHER_TARGET.items():
+        out = tmp_path / way.replace(" ", "_")
+        assert main([str(mixed_checkpoint), "--out", str(out), override, *CHEAP]) == 0, way
+        metrics[way] = json.loads((out / EVAL_FILE).read_text())["metrics"]
+    assert "test_acc/mnistm_synth" in metrics["preset"]
+    assert metrics["preset"] == metrics["one domain"] == metrics["list without spaces"]
+
+
+@pytest.fixture(scope="module")
+def saved_state(eval_setup) -> dict:
+    """What config_from_checkpoint reads of a checkpoint: its config (grey, 28 px, 2 domains)."""
+    return {"config_yaml": OmegaConf.to_yaml(eval_setup.cfg)}
+
+
+def test_a_preset_brings_its_domains_in_the_checkpoints_geometry(saved_state, eval_setup):
+    cfg = config_from_checkpoint(saved_state, ["data=mnist5k_to_mnistm_synth"])
+    assert [(d.name, d.labelled) for d in cfg.data.domains] == [
+        ("mnist5k", True), ("mnistm_synth", False)]
+    assert cfg.data.preset == "mnist5k_to_mnistm_synth"
+    saved = eval_setup.cfg.data  # the weights take grey 28 px: the preset's RGB is converted
+    assert (cfg.data.channels, cfg.data.image_size, cfg.data.max_test_per_domain) == (
+        saved.channels, saved.image_size, saved.max_test_per_domain)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.preset=mnist_to_usps", "write data=mnist_to_usps"),
+    ("data=digits3", "2 domains"),
+    ("data=no_such_preset", "mnist_to_usps"),
+    ("model=lenet", "data=<preset>"),
+    ("data.domains[1].name=usps", "data.domains.1.name=usps"),
+    ("data.domains.1=usps", "data.domains.1.name=usps"),
+    ("data.domains.2.name=usps", "no domain 2"),
+    ("data.domains.1.nam=usps", "'nam'"),
+    ("eval.no_such_option=1", "eval.no_such_option"),
+], ids=["preset as label", "preset of 3 domains", "unknown preset", "other group", "brackets",
+        "bare name", "past the end", "misspelt key", "unknown key"])
+def test_wrong_overrides_are_one_line_errors(saved_state, override, expected):
+    with pytest.raises(ConfigError) as info:
+        config_from_checkpoint(saved_state, [override])
+    assert expected in str(info.value) and "\n" not in str(info.value)
