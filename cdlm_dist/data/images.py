@@ -5,7 +5,9 @@ so a folder of large photographs costs ``3 * image_size**2`` bytes an image in m
 is a plain bilinear resize to a square (aspect ratio not kept), the same for every domain.
 
 - ``mnistm``: ``<root>/mnist_m/mnist_m_train/*.png`` + ``mnist_m_train_labels.txt`` and the same
-  for ``test`` (lines ``<filename> <label>``), the layout of the MNIST-M archive.
+  for ``test`` (lines ``<filename> <label>``), the layout of the MNIST-M archive. Its PNGs are
+  RGB 32 x 32; the whole frame is resized to ``data.image_size`` (28 in ``mnist_to_mnistm``), not
+  cropped: the geometry of the published pipelines (docs/data.md, "MNIST-M").
 - ``imagefolder:<path>``: ``<root>/<path>/<class>/*.{jpg,jpeg,png}`` (``<path>`` may also be
   absolute). Classes are the sorted sub-folder names, so domains of one benchmark share label
   indices. A folder whose only sub-folder is ``images/`` (the Office-31 archive:
@@ -69,7 +71,7 @@ def read_label_list(path: Path) -> list[tuple[str, int]]:
 
 @register_domain("mnistm")
 def mnistm(cfg: DataConfig, seed: int) -> RawDomain:
-    """Real MNIST-M (59,001 / 9,001 RGB 28 x 28); it has no torchvision download."""
+    """Real MNIST-M (59,001 / 9,001; the archive's RGB 32 x 32 PNGs); it has no download."""
     root = data_root(cfg) / MNISTM_DIR
     layout = {split: (root / f"mnist_m_{split}", root / f"mnist_m_{split}_labels.txt")
               for split in ("train", "test")}

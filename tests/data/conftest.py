@@ -18,6 +18,7 @@ MNIST_SHAPE = (28, 28)
 USPS_SIDE = 16
 USPS_VALUES = {-1.0: 0, -0.5: 63, 0.0: 127, 0.5: 191, 1.0: 255}  # torchvision: (v+1)/2*255, floored
 SVHN_SIDE = 32
+MNISTM_SHAPE = (32, 32, 3)  # the MNIST-M archive's PNGs
 
 
 @dataclass
@@ -105,7 +106,7 @@ def mnistm_files(tmp_path: Path) -> Written:
     root = tmp_path / "mnist_m"
     splits = {}
     for split, n in (("train", 12), ("test", 10)):
-        images, labels = _digits(rng, n, (*MNIST_SHAPE, 3))
+        images, labels = _digits(rng, n, MNISTM_SHAPE)
         names = [f"{i:08d}.png" for i in range(n)]
         for name, image in zip(names, images):
             save_png(root / f"mnist_m_{split}" / name, image)

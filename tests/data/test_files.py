@@ -36,7 +36,7 @@ READS = {  # domain -> (fixture writing its real format, data config, channels i
     "mnist": ("mnist_files", {}, 1),
     "usps": ("usps_files", {"image_size": 16}, 1),
     "svhn": ("svhn_files", {"image_size": 32, "channels": 3}, 3),  # and label 10 -> digit 0
-    "mnistm": ("mnistm_files", {"channels": 3}, 3),
+    "mnistm": ("mnistm_files", {"image_size": 32, "channels": 3}, 3),  # its native 32 px
 }
 
 
@@ -47,6 +47,18 @@ def test_reads_its_real_file_format_exactly(request, name):
     domain = load_domain(name, written.cfg(**overrides), labelled=False)
     assert_loaded(domain, written, channels)
     assert domain.num_classes == 10
+
+
+def test_mnistm_is_resized_whole_not_cropped(mnistm_files):
+    """The documented geometry (docs/data.md, "MNIST-M"): mnist_to_mnistm's 28 px are the
+    archive's whole 32 x 32 frame, resized (bilinear), as the published pipelines do."""
+    from PIL import Image
+
+    domain = load_domain("mnistm", mnistm_files.cfg(image_size=28, channels=3), labelled=False)
+    images, _ = mnistm_files.test
+    expected = [np.asarray(Image.fromarray(img.transpose(1, 2, 0)).resize(
+        (28, 28), Image.Resampling.BILINEAR)).transpose(2, 0, 1) for img in images]
+    np.testing.assert_array_equal(domain.test.images.numpy(), np.stack(expected))
 
 
 MISSING = {  # domain -> files its error must name (relative to data.root), then the fix it gives

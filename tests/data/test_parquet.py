@@ -174,3 +174,7 @@ def test_cli_list_prints_domains_and_presets(capsys):
     for name in ("mnist5k", "usps", "imagefolder:<arg>", "parquet:<arg>", "digits3",
                  "office31_amazon_to_webcam", "mnist_to_usps"):
         assert name in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    # domains at their native size, presets at the size they convert every domain to
+    assert "RGB 32 x 32" in lines["mnistm"] and "28 x 28" in lines["mnistm_synth"]
+    assert "28 px RGB" in lines["mnist_to_mnistm"] and "32 px RGB" in lines["svhn_to_mnist"]
