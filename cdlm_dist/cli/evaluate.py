@@ -14,11 +14,12 @@ them (e.g. a new ``data.root`` on another machine). To score the checkpoint on o
 ``data=<preset>`` takes the preset's domains (and name) only: image size, channels, data.root and
 the caps stay the checkpoint's, because its weights were trained for that input (an RGB preset is
 scored in grey by a grey model); the number of domains must stay the same. Other config groups
-(``model=``, ``method=``, ...) cannot change: the model is the checkpoint's.
-``--weights best`` (default) evaluates the weights
-selected by the label-free score; ``last`` those of the checkpoint's step. Results are printed and
-written to ``<out>/eval.json``; ``--out`` defaults to the run directory (the parent of
-``checkpoints/``), where the PNGs also go. Exit code 2: unreadable checkpoint or bad config.
+(``model=``, ``method=``, ...) cannot change: the model is the checkpoint's. docs/data.md has more.
+
+``--weights best`` (default) evaluates the weights selected by the label-free score; ``last``
+those of the checkpoint's step. Results are printed and written to ``<out>/eval.json``; ``--out``
+defaults to the run directory (the parent of ``checkpoints/``), where the PNGs also go. Exit code
+2: unreadable checkpoint or bad config.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="where eval.json and the PNGs go (default: the checkpoint's run dir)")
     p.add_argument("--weights", choices=("best", "last"), default="best",
                    help="best: selected by source validation accuracy; last: the step's weights")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/data")
+    p.add_argument("overrides", nargs="*",
+                   help="config overrides, e.g. data.root=/data or data=<preset>")
     return p
 
 
