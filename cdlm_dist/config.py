@@ -295,6 +295,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> A
         check_data_overrides,
         check_preset_label,
         explain_composition_error,
+        label_changed_domains,
     )
 
     register_configs()
@@ -315,4 +316,5 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> A
     if config_name == "train":
         validate(cfg)
     check_preset_label(cfg, list(overrides or []))
+    label_changed_domains(cfg)  # its own run directory, never the preset's
     return cfg

@@ -161,6 +161,23 @@ def check_preset_label(cfg: Any, overrides: list[str]) -> None:
                           f"to select the preset write data={label}")
 
 
+def label_changed_domains(cfg: Any) -> None:
+    """A run whose domains were overridden one by one gets a label of its own domains.
+
+    The run's name (``${method}_${data.preset}``), hence its run directory, comes from the label;
+    kept as the preset's, ``data.domains.1.name=x`` would share the preset's folder and resume its
+    checkpoint. An explicit ``data.preset=<label>`` that is not a preset is left as it is.
+    """
+    if "data" not in cfg or cfg.data.preset not in preset_names():
+        return
+    pairs = domain_pairs(cfg.data.domains)
+    if domain_pairs(load_preset(cfg.data.preset).domains) == pairs:
+        return
+    label = "_to_".join(name for name, _ in pairs)
+    # a preset's own name would still share that preset's folder (with its other data settings)
+    cfg.data.preset = f"{label}_custom" if label in preset_names() else label
+
+
 def domain_pairs(domains: Any) -> list[tuple[str, bool]]:
     """(name, labelled) of each domain, to compare domain lists from any source."""
     return [(str(d.name), bool(d.get("labelled", False))) for d in domains]

@@ -62,3 +62,18 @@ def test_cdlm_train_prints_the_data_error_as_one_line(tiny_overrides, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("cdlm-train: error:") and "data=mnist_to_usps" in err
     assert "\n" not in err and not run_dir.exists()
+
+
+def test_a_run_with_overridden_domains_gets_its_own_name_and_folder():
+    """Named after the preset, it would resume the preset's checkpoint in the preset's folder."""
+    from cdlm_dist.config import compose
+
+    preset = compose([])
+    changed = compose(["data.domains.1.name=usps"])
+    assert changed.data.preset == "mnist5k_to_usps"
+    assert changed.run_dir != preset.run_dir and changed.name == "cdlm_mnist5k_to_usps"
+    relabelled = compose(["data.domains.1.labelled=true"])  # same names, another task
+    assert relabelled.run_dir != preset.run_dir
+    clash = compose(["data.domains.1.name=mnistm_synth"])  # a preset's name, not its settings
+    assert clash.data.preset == "mnist5k_to_mnistm_synth_custom"
+    assert compose(["data=mnist_to_usps", "data.preset=my_label"]).name == "cdlm_my_label"
