@@ -132,9 +132,11 @@ def default_out_dir(checkpoint: Path) -> Path:
 
 def select_weights(state: dict[str, Any], which: str) -> tuple[dict[str, torch.Tensor], int, str]:
     """(state dict, its step, "best" | "last"); "best" falls back to "last" before any eval."""
-    best = state.get("best")
-    if which == "best" and best is not None:
-        return best["model"], int(best["step"]), "best"
+    from cdlm_dist.training.selection import Selection
+
+    best = Selection.from_checkpoint(state.get("best"))
+    if which == "best" and best.state is not None:
+        return best.state, best.step, "best"
     return state["model"], int(state.get("step", 0)), "last"
 
 
