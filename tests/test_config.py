@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
-from cdlm_dist.config import CONFIG_DIR, ConfigError, compose
+from cdlm_dist.config import CONFIG_DIR, Config, ConfigError, compose
+from cdlm_dist.tuning.config import SweepRunConfig, register_sweep_schema
 
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
 METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
@@ -59,3 +62,68 @@ def test_unknown_domain_lists_the_registered_ones():
     cfg = compose(["data.domains=[{name: mnist5k, labelled: true}, {name: mnist9k}]"])
     with pytest.raises(ConfigError, match="unknown domain 'mnist9k'.*ucidigits"):
         load_domains(cfg.data)
+
+
+# --- defaults live in the dataclasses, once -----------------------------------------------------
+
+def _package(path: Path) -> list[str]:
+    """Where a configs/ file's keys land: its ``# @package`` line, else its group (primary: root)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# @package"):
+            package = line.split()[-1]
+            return [] if package == "_global_" else package.split(".")
+    group = path.parent.relative_to(CONFIG_DIR)
+    return [] if str(group) == "." else list(group.parts)
+
+
+def _restated(node: Any, defaults: Any, key: str) -> list[str]:
+    """Dotted keys of ``node`` whose value is the dataclass default at the same place."""
+    if isinstance(node, dict) and isinstance(defaults, dict):
+        return [k for name, value in node.items() if name in defaults
+                for k in _restated(value, defaults[name], f"{key}.{name}".lstrip("."))]
+    return [key] if node == defaults else []
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")),
+                         ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_yaml_files_never_restate_a_dataclass_default(path: Path) -> None:
+    """configs/ holds only what differs from config.py (the rule in ARCHITECTURE.md), so a
+    default changes in one place and a YAML value always means a choice."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(SweepRunConfig), resolve=False)
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    node.pop("defaults", None)
+    for part in reversed(_package(path)):
+        node = {part: node}
+    restated = _restated(node, defaults, "")
+    assert not restated, (f"{path.relative_to(CONFIG_DIR)} restates the defaults of "
+                          f"{restated}: delete them there (config.py holds every default)")
+
+
+def test_the_default_composition_is_the_dataclasses_but_for_the_data_preset() -> None:
+    """`cdlm-train` with no overrides runs the schema's defaults: only the preset's domains, the
+    run's name and the cdlm method's one [ours] choice are set in YAML."""
+    composed = _leaves(OmegaConf.to_container(compose([]), resolve=False))
+    schema = _leaves(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    differ = sorted(k for k, value in composed.items() if value != schema[k])
+    assert differ == ["data.domains", "data.preset", "model.modulation_grad", "name"]
+
+
+def _leaves(node: dict, key: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a nested dict (lists are values)."""
+    out = {}
+    for name, value in node.items():
+        dotted = f"{key}.{name}".lstrip(".")
+        out |= _leaves(value, dotted) if isinstance(value, dict) else {dotted: value}
+    return out
+
+
+def test_an_unknown_group_option_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match=r"runner=rays is not an option .*: local, ray"):
+        compose(["runner=rays"])
+    for group in ("data", "model", "method", "train"):
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        with pytest.raises(ConfigError, match=f"{group}=nope .*{', '.join(options)}"):
+            compose([f"{group}=nope"])
+    register_sweep_schema()
+    with pytest.raises(ConfigError, match="hparams_search=nope .*adv_con, adv_con_beta_lr"):
+        compose(["hparams_search=nope"], config_name="sweep")
