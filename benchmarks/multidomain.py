@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--targets", nargs="*", default=["mnistm_synth", "ucidigits"])
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=0, help="0: the config's train.steps")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="bench_results/multidomain")
     p.add_argument("--reuse-cost", action="store_true",
@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     import pandas as pd
+
+    from cdlm_dist.config import compose
+
+    a.steps = a.steps or compose(a.overrides).train.steps
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--pairs", nargs="*", default=PAIRS, choices=PAIRS)
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=3000, help="as our protocol (train=long)")
-    p.add_argument("--eval-every", type=int, default=200, help="as our protocol (train=long)")
+    p.add_argument("--steps", type=int, default=0, help="0: as our protocol (train=long)")
+    p.add_argument("--eval-every", type=int, default=0, help="0: as our protocol (train=long)")
     p.add_argument("--batch-size", type=int, default=RECIPE_BATCH,
                    help="per domain; the recipe's is 32 (ours: 64)")
     p.add_argument("--lr", type=float, default=RECIPE_LR, help="Adam lr of G, C and D")
@@ -246,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="tabulate the finished runs under --out; train nothing")
     a = p.parse_args(argv)
+    from cdlm_dist.config import compose
+
+    protocol = compose(["train=long"]).train
+    a.steps, a.eval_every = a.steps or protocol.steps, a.eval_every or protocol.eval_every
     if a.steps < 1 or a.eval_every < 1 or a.batch_size < 1:
         p.error("--steps, --eval-every and --batch-size must be positive")
     a.data_root = str(Path(a.data_root).expanduser().resolve())

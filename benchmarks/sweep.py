@@ -36,9 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300, help="train.steps of every trial")
     p.add_argument("--epoch-steps", type=int, default=50,
                    help="train.eval_every = train.checkpoint_every (one report to Tune)")
-    p.add_argument("--concurrent", type=int, default=2, help="sweep.max_concurrent_trials")
-    p.add_argument("--cpus", type=int, default=0, help="local Ray CPUs (0 = the machine's)")
-    p.add_argument("--seed", type=int, default=0, help="sweep.seed (the samplers' seed)")
+    # unset: the config's default (sweep.max_concurrent_trials, runner.num_cpus, sweep.seed)
+    p.add_argument("--concurrent", type=int, help="sweep.max_concurrent_trials")
+    p.add_argument("--cpus", type=int, help="runner.num_cpus: local Ray CPUs (0 = the machine's)")
+    p.add_argument("--seed", type=int, help="sweep.seed (the samplers' seed)")
     p.add_argument("--out", default="bench_results/sweep")
     p.add_argument("extra", nargs="*", help="more Hydra overrides for both sweeps")
     return p.parse_args(argv)
@@ -64,11 +65,14 @@ def run_strategy(name: str, args: argparse.Namespace, out: Path) -> dict:
     from cdlm_dist.tuning.driver import run_sweep
 
     study = study_name(name)
-    overrides = [f"data={args.pair}", f"runner.num_cpus={args.cpus}", f"train.steps={args.steps}",
+    chosen = {"runner.num_cpus": args.cpus, "sweep.max_concurrent_trials": args.concurrent,
+              "sweep.seed": args.seed}
+    overrides = [f"data={args.pair}", *(f"{k}={v}" for k, v in chosen.items() if v is not None),
+                 f"train.steps={args.steps}",
                  f"train.eval_every={args.epoch_steps}",
                  f"train.checkpoint_every={args.epoch_steps}", "train.progress=false",
-                 f"sweep.num_samples={args.trials}", f"sweep.max_concurrent_trials={args.concurrent}",
-                 f"sweep.seed={args.seed}", f"sweep.output_dir={out}", f"sweep.study_name={study}",
+                 f"sweep.num_samples={args.trials}", f"sweep.output_dir={out}",
+                 f"sweep.study_name={study}",
                  "sweep.verbose=0", *STRATEGIES[name], *args.extra]
     start = time.time()
     summary = run_sweep(compose_sweep(overrides), log=print)
