@@ -44,3 +44,14 @@ def ray_local():
     ray.init(address="local", num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+RAY_FIXTURES = {"ray_local", "ray_head"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses a Ray fixture is a `ray` test, so `make test-fast` (-m "not ray")
+    never starts Ray even when a new test forgets the marker."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
