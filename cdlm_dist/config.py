@@ -38,6 +38,19 @@ class DataConfig:
     eval_batch_size: int = 512
     max_train_per_domain: int = 0  # 0 = all; >0 subsamples (fast tests, quick looks)
     max_test_per_domain: int = 0
+    # Where training batches come from: "memory" (every worker holds every domain as uint8 and
+    # draws the deterministic streams) or "ray_data" (runner=ray only: each worker streams its
+    # shard of `cdlm-data prepare --sharded` output through Ray Data; ARCHITECTURE.md).
+    loader: str = "memory"
+    # What one worker may hold in memory, estimated as N x C x S x S bytes before anything loads
+    # (loader=memory: every split; ray_data: the validation and test splits); also Ray Data's
+    # object-store budget for streaming. A domain over it fails and suggests data.loader=ray_data.
+    max_in_memory_gb: float = 32.0
+    prepared: str = ""  # loader=ray_data: the folder `cdlm-data prepare --sharded --out` wrote;
+    #                     "" = <data.root>/prepared
+    augment: str = "none"  # loader=ray_data train batches: "none" (whole image resized, as in
+    #                        memory) or "imagenet" (random resized crop + horizontal flip)
+    shuffle_buffer: int = 1024  # loader=ray_data: rows of the per-epoch seeded shuffle buffer
 
 
 @dataclass
@@ -181,6 +194,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "runner.name": ("local", "ray"),
     "train.lr_schedule": ("dann", "inv", "constant"),
     "runner.backend": ("auto", "gloo", "nccl"),
+    "data.loader": ("memory", "ray_data"),
+    "data.augment": ("none", "imagenet"),
 }
 
 
@@ -259,6 +274,16 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
+    if cfg.data.loader == "ray_data" and cfg.runner.name != "ray":
+        raise ConfigError("data.loader=ray_data streams to Ray Train workers: add runner=ray "
+                          "(or use data.loader=memory)")
+    if cfg.data.augment != "none" and cfg.data.loader != "ray_data":
+        raise ConfigError(f"data.augment={cfg.data.augment} runs in Ray Data's workers: set "
+                          "data.loader=ray_data runner=ray (the in-memory path does not augment)")
+    if cfg.data.max_in_memory_gb <= 0:
+        raise ConfigError(f"data.max_in_memory_gb={cfg.data.max_in_memory_gb} must be > 0")
+    if cfg.data.shuffle_buffer < 1:
+        raise ConfigError(f"data.shuffle_buffer={cfg.data.shuffle_buffer} must be at least 1")
 
 
 def register_configs() -> None:

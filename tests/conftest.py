@@ -46,6 +46,33 @@ def ray_local():
     ray.shutdown()
 
 
+def write_jpeg_tree(root: Path, domains: list[str], classes: int, per_class: int,
+                    size: tuple[int, int] = (40, 32), seed: int = 0) -> Path:
+    """An image-folder tree in the Office-Home / DomainNet layout, ``<root>/<domain>/<class>/
+    *.jpg``: real JPEG files whose colour says the class (learnable) plus noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    for d, domain in enumerate(domains):
+        for c in range(classes):
+            folder = root / domain / f"class_{c:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            colour = np.array([(c * 97 + d * 31) % 256, (c * 53) % 256, (255 - c * 41) % 256])
+            for i in range(per_class):
+                noise = rng.integers(-30, 30, size=(height, width, 3))
+                pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def jpeg_tree():
+    """``write_jpeg_tree`` for a test to call with its own layout."""
+    return write_jpeg_tree
+
+
 RAY_FIXTURES = {"ray_local", "ray_head"}
 
 

@@ -2,6 +2,7 @@
 
     cdlm-data list
     cdlm-data prepare data=mnist_to_usps data.root=~/data --out prepared/
+    cdlm-data prepare data=domainnet_real_to_sketch model=resnet50 --sharded --ray --out DIR
 
 ``prepare`` takes cdlm-train's Hydra overrides (the config is composed and validated the same
 way, so office31 presets need ``model=resnet50``) and writes one file per domain of the task in
@@ -65,12 +66,22 @@ def _geometry(preset: Any) -> str:
     return f"{size} px {'RGB' if channels == 3 else 'grey'}"
 
 
-def run_prepare(overrides: list[str], out: Path) -> list[Path]:
-    """Compose the config like cdlm-train, then write each of its domains to ``out``."""
-    from cdlm_dist.data.parquet import prepare
-
+def run_prepare(overrides: list[str], out: Path, sharded: bool = False, use_ray: bool = False,
+                rows_per_shard: int = 0, row_group_rows: int = 0) -> list[Path]:
+    """Compose the config like cdlm-train, then write each of its domains to ``out``: one
+    decoded file each, or (``sharded``) a folder of encoded shards that data.loader=ray_data
+    streams. 0 for a shard size keeps the format's default."""
     cfg = compose(overrides)
-    return prepare(cfg, out)
+    if not sharded:
+        if use_ray or rows_per_shard or row_group_rows:
+            raise ConfigError("--ray, --rows-per-shard and --row-group-rows apply to --sharded")
+        from cdlm_dist.data.parquet import prepare
+
+        return prepare(cfg, out)
+    from cdlm_dist.data.shards import ROW_GROUP_ROWS, ROWS_PER_SHARD, prepare_sharded
+
+    return prepare_sharded(cfg, out, rows_per_shard or ROWS_PER_SHARD,
+                           row_group_rows or ROW_GROUP_ROWS, use_ray)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
                     "office31 presets also need model=resnet50.")
     prepare.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=mnist_to_usps")
     prepare.add_argument("--out", type=Path, required=True, help="folder for the .parquet files")
+    prepare.add_argument("--sharded", action="store_true",
+                         help="write each domain as a folder of Parquet shards of encoded images "
+                              "(for data.loader=ray_data; resumable: complete shards are kept)")
+    prepare.add_argument("--ray", action="store_true",
+                         help="--sharded: write the shards as Ray Data tasks on runner.address's "
+                              "cluster (--out and data.root on storage every node sees)")
+    prepare.add_argument("--rows-per-shard", type=int, default=0,
+                         help="--sharded: images per file (0: the format's default)")
+    prepare.add_argument("--row-group-rows", type=int, default=0,
+                         help="--sharded: images per Parquet row group (0: the format's default)")
     return parser
 
 
@@ -102,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             print(PRESETS_HEADER.format(PRESET_DIR))
             print("\n".join(list_presets()))
             return 0
-        for path in run_prepare(args.overrides + extra, args.out):
-            print(f"wrote {path}  (use it as domain parquet:{path.resolve()})")
+        for path in run_prepare(args.overrides + extra, args.out, args.sharded, args.ray,
+                                args.rows_per_shard, args.row_group_rows):
+            kind = "shards" if args.sharded else "parquet"
+            print(f"wrote {path}  (use it as domain {kind}:{path.resolve()})")
         return 0
     except ConfigError as exc:
         print(f"cdlm-data: error: {exc}", file=sys.stderr)

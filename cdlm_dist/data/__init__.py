@@ -8,6 +8,7 @@ from cdlm_dist.data import (
     files,  # noqa: F401  (registers mnist, usps, svhn)
     images,  # noqa: F401  (registers mnistm, imagefolder:<path>)
     parquet,  # noqa: F401  (registers parquet:<path>)
+    shards,  # noqa: F401  (registers shards:<folder>)
 )
 from cdlm_dist.data.domains import (
     DOMAINS,

@@ -88,6 +88,50 @@ def register_family(prefix: str):
     return wrap
 
 
+# (train, test) image counts of a domain family, found without decoding: the in-memory size
+# check runs them before anything loads. Families without one (small built-ins) are not checked.
+RowCounter = Callable[[DataConfig, str], tuple[int, int]]
+ROW_COUNTERS: dict[str, RowCounter] = {}
+BYTES_PER_GB = 1e9
+
+
+def register_row_counter(prefix: str) -> Callable[[RowCounter], RowCounter]:
+    """Decorator: how to count a family's train and test images cheaply (a listing, metadata)."""
+
+    def wrap(fn: RowCounter) -> RowCounter:
+        ROW_COUNTERS[prefix] = fn
+        return fn
+
+    return wrap
+
+
+def capped(n: int, limit: int) -> int:
+    return n if limit <= 0 else min(n, limit)
+
+
+def check_in_memory_size(cfg: DataConfig) -> None:
+    """Refuse, before loading, domains whose splits would not fit data.max_in_memory_gb per
+    worker (N x C x S x S bytes; every rank holds every domain), naming the way out."""
+    counters = {d.name: ROW_COUNTERS.get(d.name.split(":", 1)[0]) for d in cfg.domains}
+    per_image = cfg.channels * cfg.image_size ** 2
+    sizes = {}
+    for name, count in counters.items():
+        if count is not None and ":" in name:
+            n_train, n_test = count(cfg, name.split(":", 1)[1])
+            rows = capped(n_train, cfg.max_train_per_domain) + capped(n_test,
+                                                                     cfg.max_test_per_domain)
+            sizes[name] = rows * per_image
+    total = sum(sizes.values())
+    if total <= cfg.max_in_memory_gb * BYTES_PER_GB:
+        return
+    listed = ", ".join(f"{n} {b / BYTES_PER_GB:.2f} GB" for n, b in sizes.items())
+    raise ConfigError(
+        f"data.loader=memory would hold {total / BYTES_PER_GB:.2f} GB per worker ({listed} at "
+        f"{cfg.image_size} px), over data.max_in_memory_gb={cfg.max_in_memory_gb}; stream it: "
+        "`cdlm-data prepare data=<preset> --sharded --out DIR`, then train with "
+        "data.loader=ray_data runner=ray data.prepared=DIR (or raise data.max_in_memory_gb)")
+
+
 def known_domains() -> list[str]:
     return sorted(DOMAINS) + [f"{p}:<arg>" for p in sorted(DOMAIN_FAMILIES)]
 
@@ -132,7 +176,8 @@ def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
     return train.subset(perm[n_val:]), train.subset(perm[:n_val])
 
 
-def _cap(split: Split, limit: int, seed: int) -> Split:
+def cap_split(split: Split, limit: int, seed: int) -> Split:
+    """A seeded subset of at most ``limit`` rows (0 = all), in the original order."""
     if limit <= 0 or len(split) <= limit:
         return split
     perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
@@ -151,8 +196,8 @@ def load_domain(name: str, cfg: DataConfig, labelled: bool, seed: int = 0) -> Do
         raw = DOMAIN_FAMILIES[prefix](cfg, seed, arg)
     train = Split(to_format(raw.train.images, cfg.image_size, cfg.channels), raw.train.labels)
     test = Split(to_format(raw.test.images, cfg.image_size, cfg.channels), raw.test.labels)
-    train = _cap(train, cfg.max_train_per_domain, seed)
-    test = _cap(test, cfg.max_test_per_domain, seed + 1)
+    train = cap_split(train, cfg.max_train_per_domain, seed)
+    test = cap_split(test, cfg.max_test_per_domain, seed + 1)
     val = None
     if labelled:
         train, val = split_validation(train, cfg.val_fraction, seed)
@@ -161,8 +206,15 @@ def load_domain(name: str, cfg: DataConfig, labelled: bool, seed: int = 0) -> Do
 
 def load_domains(cfg: DataConfig, seed: int = 0) -> list[DomainData]:
     """Load every domain of ``cfg.domains`` in order; names are checked before anything loads."""
+    import cdlm_dist.data  # noqa: F401  (registers every loader and row counter)
+
     for d in cfg.domains:
         check_domain_name(d.name)
+    if cfg.loader == "ray_data":  # train splits stream; validation and test load here
+        from cdlm_dist.data.ray_stream import load_streamed_domains
+
+        return load_streamed_domains(cfg, seed)
+    check_in_memory_size(cfg)
     domains = [load_domain(d.name, cfg, d.labelled, seed) for d in cfg.domains]
     classes = {d.num_classes for d in domains}
     if len(classes) != 1:

@@ -17,8 +17,10 @@ is a plain bilinear resize to a square (aspect ratio not kept), the same for eve
 
 from __future__ import annotations
 
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,13 @@ import torch
 from PIL import Image
 
 from cdlm_dist.config import ConfigError, DataConfig
-from cdlm_dist.data.domains import RawDomain, Split, register_domain, register_family
+from cdlm_dist.data.domains import (
+    RawDomain,
+    Split,
+    register_domain,
+    register_family,
+    register_row_counter,
+)
 from cdlm_dist.data.files import NUM_DIGITS, checked_split, data_root, ensure_files, reading
 
 SPLIT_SEED = 4321  # fixed: a folder's train/test split is part of the dataset, not of the run
@@ -37,12 +45,23 @@ MNISTM_DIR = "mnist_m"
 LOAD_THREADS = min(8, os.cpu_count() or 1)  # PIL decodes outside the GIL
 
 
+def _rgb(img: Image.Image, size: int | None) -> np.ndarray:
+    rgb = img.convert("RGB")  # decodes: a truncated or bad file fails here
+    if size is not None and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
 def _load_image(path: Path, size: int) -> np.ndarray:
     with reading(path), Image.open(path) as img:
-        rgb = img.convert("RGB")  # decodes: a truncated or bad file fails here, named
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+        return _rgb(img, size)
+
+
+def decode_image(data: bytes, size: int | None) -> np.ndarray:
+    """Encoded bytes (JPEG, PNG) -> uint8 (H, W, 3), resized whole to ``size`` unless None:
+    the same pixels as loading the file itself, so prepared shards equal the image folder."""
+    with Image.open(io.BytesIO(data)) as img:
+        return _rgb(img, size)
 
 
 def load_images(paths: list[Path], size: int) -> torch.Tensor:
@@ -107,9 +126,19 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
     return test
 
 
-@register_family("imagefolder")
-def imagefolder(cfg: DataConfig, seed: int, arg: str) -> RawDomain:
-    """Image folder <root>/<arg>/<class>/*.jpg|jpeg|png; labels = sorted class names."""
+@dataclass
+class FolderListing:
+    """An image folder's files in load order, their labels, class names and test mask."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    classes: list[str]
+    test: np.ndarray  # bool, the fixed stratified test split (SPLIT_SEED)
+
+
+def folder_listing(cfg: DataConfig, arg: str) -> FolderListing:
+    """List ``<root>/<arg>/<class>/*`` without decoding anything (also what `cdlm-data prepare`
+    shards and what the in-memory size check counts)."""
     folder = data_root(cfg) / os.path.expanduser(arg)
     expected = f"{folder}/<class>/*{{{','.join(IMAGE_EXTENSIONS)}}}"
     if not folder.is_dir():
@@ -125,10 +154,27 @@ def imagefolder(cfg: DataConfig, seed: int, arg: str) -> RawDomain:
     if not paths:
         raise ConfigError(f"domain 'imagefolder:{arg}': no images found; it expects {expected}")
     label_array = np.asarray(labels, dtype=np.int64)
-    test = torch.from_numpy(stratified_split(label_array, TEST_FRACTION, SPLIT_SEED))
+    test = stratified_split(label_array, TEST_FRACTION, SPLIT_SEED)
     if bool(test.all()) or not bool(test.any()):
         raise ConfigError(f"domain 'imagefolder:{arg}': {len(paths)} images are too few for an "
                           f"{1 - TEST_FRACTION:.0%} / {TEST_FRACTION:.0%} train / test split")
-    data = checked_split(load_images(paths, cfg.image_size), label_array, len(classes), str(folder))
+    return FolderListing(paths, label_array, [c.name for c in classes], test)
+
+
+@register_family("imagefolder")
+def imagefolder(cfg: DataConfig, seed: int, arg: str) -> RawDomain:
+    """Image folder <root>/<arg>/<class>/*.jpg|jpeg|png; labels = sorted class names."""
+    listing = folder_listing(cfg, arg)
+    test = torch.from_numpy(listing.test)
+    data = checked_split(load_images(listing.paths, cfg.image_size), listing.labels,
+                         len(listing.classes), str(data_root(cfg) / os.path.expanduser(arg)))
     return RawDomain(train=Split(data.images[~test], data.labels[~test]),
-                     test=Split(data.images[test], data.labels[test]), num_classes=len(classes))
+                     test=Split(data.images[test], data.labels[test]),
+                     num_classes=len(listing.classes))
+
+
+@register_row_counter("imagefolder")
+def imagefolder_rows(cfg: DataConfig, arg: str) -> tuple[int, int]:
+    """(train, test) images of a folder, from its listing alone."""
+    test = folder_listing(cfg, arg).test
+    return int((~test).sum()), int(test.sum())

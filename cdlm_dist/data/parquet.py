@@ -37,6 +37,7 @@ from cdlm_dist.data.domains import (
     check_domain_name,
     load_domain,
     register_family,
+    register_row_counter,
 )
 from cdlm_dist.data.files import checked_split, data_root, reading
 
@@ -182,6 +183,18 @@ def read_prepared(path: Path | str) -> RawDomain:
 def parquet_domain(cfg: DataConfig, seed: int, arg: str) -> RawDomain:
     """A file written by `cdlm-data prepare` (path relative to data.root, or absolute)."""
     return read_prepared(data_root(cfg) / os.path.expanduser(arg))
+
+
+@register_row_counter("parquet")
+def parquet_rows(cfg: DataConfig, arg: str) -> tuple[int, int]:
+    """(train, test) rows from a prepared file's metadata (nothing else is read)."""
+    path = data_root(cfg) / os.path.expanduser(arg)
+    if not path.is_file():
+        return 0, 0  # the loader says what is missing
+    with reading(path, fix=PREPARE_HINT):
+        schema = pq.read_schema(path)
+    rows = read_metadata(path, schema)["rows"]
+    return int(rows["train"]), int(rows["test"])
 
 
 def prepare(cfg: Any, out_dir: Path) -> list[Path]:

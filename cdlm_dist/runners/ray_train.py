@@ -12,7 +12,9 @@ Where things live:
   list from there, so starting the same run again (same name and storage path) resumes from the
   latest one.
 - data: every worker loads the domains itself (embedded ones are built deterministically;
-  file-backed ones read ``data.root``, which must exist on every node).
+  file-backed ones read ``data.root``, which must exist on every node). With
+  ``data.loader=ray_data`` the train splits come instead from one Ray Data pipeline per domain
+  (``datasets=``), each worker streaming its shard (:mod:`cdlm_dist.data.ray_stream`).
 - results: the final checkpoint carries the weights, the selection, the evaluation history and
   every logged row, and Ray moves it to the driver through the storage path. So the driver writes
   a complete run directory whatever node rank 0 ran on; rank 0 mirrors metrics.jsonl live only
@@ -96,7 +98,12 @@ def train_worker(config: dict[str, Any]) -> None:
     if ctx.is_main and not on_driver_node:
         log.info("rank 0 runs on another node than the driver: the driver writes metrics.jsonl "
                  "from the final checkpoint")
-    fit(cfg, domains, ctx, progress=cfg.train.progress)
+    stream = None  # data.loader=memory: the loop draws from the domains it was given
+    if cfg.data.loader == "ray_data":
+        from cdlm_dist.data.ray_stream import worker_stream
+
+        stream = worker_stream(cfg, ctx.rank, ctx.world_size)
+    fit(cfg, domains, ctx, progress=cfg.train.progress, stream=stream)
 
 
 # ---- the driver side --------------------------------------------------------------------------
@@ -127,8 +134,14 @@ def run_ray(cfg: Config, domains: list[DomainData], run_dir: Path, trial: Any = 
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
+    streamed = {}
+    if cfg.data.loader == "ray_data":  # each worker gets its shard of every domain's pipeline
+        from cdlm_dist.data.ray_stream import build_datasets, ingest_options
+
+        streamed = {"datasets": build_datasets(cfg), "dataset_config": ingest_options(cfg.data)}
     trainer = TorchTrainer(
         train_worker,
+        **streamed,
         train_loop_config={"cfg": OmegaConf.to_container(cfg, resolve=True),
                            "run_dir": str(run_dir), "driver_node": _node_id()},
         torch_config=TorchConfig(backend=backend),

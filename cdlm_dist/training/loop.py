@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from omegaconf import OmegaConf
@@ -95,9 +96,20 @@ def _resumed_log(state: dict, ctx: RunContext) -> list[dict]:
     return [r for r in read_log(ctx.run_dir / METRICS_LOG) if r["step"] <= state["step"]]
 
 
-def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool = True
-        ) -> TrainResult:
-    """Train CDLM on ``domains`` under ``ctx``; resumes from ``ctx.latest_state()`` if any."""
+class BatchSource(Protocol):
+    """Where training batches come from: ``batch(step, device) -> [(x_k, y_k)]``, this rank's
+    share of every domain at ``step`` (MultiDomainStream in memory, RayDataStream streamed)."""
+
+    def batch(self, step: int, device: torch.device | str = "cpu"
+              ) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool = True,
+        stream: BatchSource | None = None) -> TrainResult:
+    """Train CDLM on ``domains`` under ``ctx``; resumes from ``ctx.latest_state()`` if any.
+
+    ``stream``: the training batches; None draws them from ``domains``' train splits in memory.
+    """
     seed_everything(cfg.train.seed)
     model = build_model(cfg, len(domains), domains[0].num_classes).to(ctx.device)
     if cfg.train.sync_batchnorm and ctx.world_size > 1:
@@ -114,8 +126,9 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
         rows = _resumed_log(state, ctx)
         ctx.restart_log(rows)
     train_model = ctx.wrap_model(model)
-    stream = MultiDomainStream([d.train for d in domains], cfg.data.batch_size, cfg.train.seed,
-                               ctx.rank, ctx.world_size)
+    if stream is None:
+        stream = MultiDomainStream([d.train for d in domains], cfg.data.batch_size,
+                                   cfg.train.seed, ctx.rank, ctx.world_size)
     config_yaml = OmegaConf.to_yaml(cfg)
     bar = _progress_bar(cfg, start, enabled=progress and ctx.is_main)
     running: dict[str, list[torch.Tensor]] = defaultdict(list)
