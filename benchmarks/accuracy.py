@@ -77,6 +77,21 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [f"method={parts[0]}", *parts[1:]]
 
 
+def build_jobs(pairs: list[str], variants: dict[str, list[str]], seeds: list[int], steps: int,
+               overrides: list[str], out: str, data_root: str = "") -> list[Job]:
+    """One :class:`Job` per pair x variant x seed under PROTOCOL (``steps`` 0: its budget)."""
+    root = str(Path(data_root).resolve()) if data_root else ""
+    jobs = []
+    for pair in pairs:
+        for name, variant in variants.items():
+            for seed in seeds:
+                ov = [f"data={pair}", *PROTOCOL, *variant, f"train.seed={seed}",
+                      *([f"train.steps={steps}"] if steps else []), "eval.baseline=false",
+                      "eval.plots=false", *overrides]
+                jobs.append(Job(pair, name, seed, tuple(ov), run_key(ov), out, root))
+    return jobs
+
+
 def one_run(job: Job) -> dict:
     """Train (resuming if interrupted) or read back one run."""
     import torch
@@ -176,15 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in a.methods if m not in variants]
     if unknown:
         p.error(f"unknown method(s) {unknown}: use {METHODS} or define them with --variant")
-    data_root = str(Path(a.data_root).resolve()) if a.data_root else ""
-    jobs = []
-    for pair in pairs:
-        for m in a.methods:
-            for s in a.seeds:
-                ov = [f"data={pair}", *PROTOCOL, *variants[m], f"train.seed={s}",
-                      *([f"train.steps={a.steps}"] if a.steps else []), "eval.baseline=false",
-                      "eval.plots=false", *a.overrides]
-                jobs.append(Job(pair, m, s, tuple(ov), run_key(ov), a.out, data_root))
+    jobs = build_jobs(pairs, {m: variants[m] for m in a.methods}, a.seeds, a.steps, a.overrides,
+                      a.out, a.data_root)
     done = sum(j.finished for j in jobs)
     print(f"{len(jobs)} runs ({len(pairs)} pairs x {len(a.methods)} methods x {len(a.seeds)} "
           f"seeds), {done} already finished, {a.jobs} at a time -> {a.out}", flush=True)

@@ -23,9 +23,11 @@ MODELS = ["digits", "lenet"]
 SCOPES = ["encoder", "decoders", "consistency", "forward", "backward", "optimizer"]
 
 
-def make_step(overrides: list[str], batch: int, num_domains: int = 2, channels_last: bool = False):
+def make_step(overrides: list[str], batch: int, num_domains: int = 2, channels_last: bool = False,
+              device: str = "cpu", compile_backend: str = ""):
     """A zero-argument function running one ``train_step`` of the composed config on fixed
-    random data (a new step index each call), and the config."""
+    random data (a new step index each call) on ``device``, and the config.
+    ``compile_backend``: wrap the model in ``torch.compile`` with that backend ("" = eager)."""
     import torch
 
     from cdlm_dist.config import DomainConfig, compose
@@ -38,11 +40,13 @@ def make_step(overrides: list[str], batch: int, num_domains: int = 2, channels_l
                             for k in range(num_domains)]
     model = build_model(cfg, num_domains, 10)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(device, memory_format=fmt)
     opt = build_optimizer(model, cfg)
+    if compile_backend:
+        model = torch.compile(model, backend=compile_backend)
     shape = (batch, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-    data = [(torch.rand(shape).contiguous(memory_format=fmt), torch.randint(10, (batch,)))
-            for _ in range(num_domains)]
+    data = [(torch.rand(shape, device=device).contiguous(memory_format=fmt),
+             torch.randint(10, (batch,), device=device)) for _ in range(num_domains)]
     counter = iter(range(10**9))
 
     def step() -> None:
@@ -52,13 +56,16 @@ def make_step(overrides: list[str], batch: int, num_domains: int = 2, channels_l
     return step, cfg
 
 
-def seconds_per_step(step, steps: int, warmup: int) -> float:
-    """Mean wall time of ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
+def seconds_per_step(step, steps: int, warmup: int, sync=lambda: None) -> float:
+    """Mean wall time of ``steps`` calls of ``step`` after ``warmup`` untimed ones; ``sync``
+    waits for queued work (``torch.cuda.synchronize`` on a GPU, whose calls return early)."""
     for _ in range(warmup):
         step()
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return (time.perf_counter() - start) / steps
 
 
