@@ -61,7 +61,7 @@ def decode_image(data: bytes, size: int | None) -> np.ndarray:
     """Encoded bytes (JPEG, PNG) -> uint8 (H, W, 3), resized whole to ``size`` unless None:
     the same pixels as loading the file itself, so prepared shards equal the image folder."""
     with Image.open(io.BytesIO(data)) as img:
-        return _rgb(img, size)
+        return _rgb(img, size).copy()  # writable: torch wraps it without a warning
 
 
 def load_images(paths: list[Path], size: int) -> torch.Tensor:

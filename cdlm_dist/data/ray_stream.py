@@ -177,7 +177,8 @@ def build_datasets(cfg: Any) -> dict[str, Any]:
         files = split_files(rows.folder, rows.manifest, "train")
         order = ray.data.FileShuffleConfig(seed=cfg.train.seed + DOMAIN_STRIDE * k,
                                            reseed_after_execution=True)  # a new order each epoch
-        ds = ray.data.read_parquet(files, columns=["image", "label", "index"], shuffle=order)
+        ds = ray.data.read_parquet(files, shuffle=order).select_columns(
+            ["image", "label", "index"])
         datasets[dataset_name(k)] = ds.map_batches(
             functools.partial(decode_batch, keep=rows.train, size=data.image_size,
                               channels=data.channels, augment=data.augment),

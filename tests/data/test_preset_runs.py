@@ -22,7 +22,7 @@ FILE_PRESET = "mnist_to_usps"  # fakes load in milliseconds: the preset methods 
 # The fake of each file-backed domain (conftest.py); embedded domains need none.
 FAKES = {"mnist": "mnist_files", "usps": "usps_files", "svhn": "svhn_files",
          "mnistm": "mnistm_files", "imagefolder": "image_folder"}
-OFFICE31 = ("amazon", "dslr", "webcam")
+IMAGE_PRESETS = ("office31", "officehome", "domainnet")  # 224 px image-folder presets
 # 2 steps of batch 4 (the fakes hold 10-30 images a split), one evaluation, nothing else.
 RUN = ["train.steps=2", "train.log_every=1", "train.eval_every=2", "train.checkpoint_every=2",
        "train.progress=false", "data.batch_size=4", "data.max_train_per_domain=64",
@@ -37,9 +37,10 @@ def _fake_data(overrides: list[str], request: pytest.FixtureRequest, tmp_path: P
         if fixture:
             request.getfixturevalue(fixture)  # fixtures write into this test's tmp_path
     amazon = tmp_path / "office31" / "amazon"
-    for name in OFFICE31:  # image_folder writes amazon; the other two are copies of it
-        if amazon.is_dir() and not (amazon.parent / name).exists():
-            shutil.copytree(amazon, amazon.parent / name)
+    for domain in compose(overrides).data.domains:  # image_folder writes amazon; every other
+        folder = domain.name.split(":", 1)[1] if domain.name.startswith("imagefolder:") else ""
+        if folder and amazon.is_dir() and not (tmp_path / folder).exists():  # folder copies it
+            shutil.copytree(amazon, tmp_path / folder)
     return tmp_path
 
 
@@ -55,7 +56,7 @@ def _runs(overrides: list[str], request: pytest.FixtureRequest, tmp_path: Path) 
 def test_every_data_preset_trains(preset: str, request: pytest.FixtureRequest,
                                   tmp_path: Path) -> None:
     overrides = [f"data={preset}"]
-    if preset.startswith("office31"):  # their 224 px ResNet-50 costs seconds a step; the
+    if preset.startswith(IMAGE_PRESETS):  # their 224 px ResNet-50 costs seconds a step; the
         # model runs below, so the preset's data runs on LeNet at 32 px here
         overrides += ["model=lenet", "data.image_size=32"]
     _runs(overrides, request, tmp_path)

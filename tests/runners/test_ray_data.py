@@ -1,0 +1,103 @@
+"""data.loader=ray_data end to end on 2 Ray Train workers (gloo): K = 3 domains streamed from
+prepared shards of a generated JPEG tree (Office-Home layout) while the dataset on disk is several
+times the workers' memory cap, which the in-memory path refuses; a killed worker recovers, and an
+interrupted run resumes at the right step. Three TorchTrainer.fit calls in all (~40 s each).
+
+What resume restores on this path (ARCHITECTURE.md, "Streaming with Ray Data"): the step, the
+model, optimiser and RNG state, each domain's epoch counter and its epoch boundaries; not which
+rows fill the rest of an interrupted epoch. The log checks below are the step-level ones.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from cdlm_dist.config import ConfigError, compose
+from cdlm_dist.data.shards import prepare_sharded
+from cdlm_dist.experiment import run_experiment
+from cdlm_dist.runners.ray_train import RayRunError
+from cdlm_dist.training.loop import FAULT_MARKER
+
+DOMAINS = ("Art", "Clipart", "Product")  # two labelled sources -> a target: K = 3
+CLASSES, PER_CLASS, SIZE = 4, 30, 32
+STEPS, FAIL_AT, CHECKPOINT_EVERY, LOG_EVERY = 6, 4, 3, 2
+DISK_OVER_CAP = 4  # the prepared shards are this many times the memory cap
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, jpeg_tree) -> tuple[Path, float]:
+    """A JPEG tree, its shards, and a memory cap a quarter of the shards' size on disk."""
+    root = tmp_path / "data"
+    jpeg_tree(root / "OfficeHome", list(DOMAINS), CLASSES, PER_CLASS, size=(96, 72))
+    prepare_sharded(compose(_data(root)), root / "prepared", rows_per_shard=32, row_group_rows=16)
+    disk = sum(f.stat().st_size for f in (root / "prepared").rglob("*.parquet"))
+    return root, disk / DISK_OVER_CAP / 1e9
+
+
+def _data(root: Path, *extra: str) -> list[str]:
+    spec = ", ".join(f"{{name: 'imagefolder:OfficeHome/{d}', labelled: {str(d != 'Product').lower()}}}"
+                     for d in DOMAINS)
+    return [f"data.domains=[{spec}]", f"data.root={root}", f"data.image_size={SIZE}",
+            "data.channels=3", "model=lenet", *extra]
+
+
+def _streamed(root: Path, tmp_path: Path, name: str, cap_gb: float, max_failures: int
+              ) -> list[str]:
+    return _data(root, "train=smoke", "data.loader=ray_data", "data.batch_size=8",
+                 "data.max_test_per_domain=8", f"data.max_in_memory_gb={cap_gb}",
+                 "data.shuffle_buffer=16", "eval.plots=false", "eval.a_distance=false",
+                 "eval.domain_kl=false", "eval.baseline=false", "runner=ray",
+                 "runner.num_workers=2", f"runner.max_failures={max_failures}",
+                 f"train.steps={STEPS}", f"train.checkpoint_every={CHECKPOINT_EVERY}",
+                 f"train.log_every={LOG_EVERY}", f"train.fail_at_step={FAIL_AT}",
+                 f"name={name}", f"run_dir={tmp_path / 'run'}")
+
+
+def _assert_steps_once_and_redone_after(run_dir: Path, restart_time: float) -> None:
+    """Each log step once; those after the step-3 checkpoint written after the restart."""
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [ln for ln in lines if "loss/total" in ln]
+    assert [ln["step"] for ln in train] == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+    for ln in train:
+        assert (ln["wall_time"] > restart_time) == (ln["step"] > CHECKPOINT_EVERY), ln
+    assert [ln["step"] for ln in lines if "eval/eval_score" in ln] == [CHECKPOINT_EVERY, STEPS]
+
+
+def test_streams_three_domains_over_the_memory_cap_and_a_killed_worker_recovers(
+        ray_local, prepared: tuple[Path, float], tmp_path: Path) -> None:
+    root, cap_gb = prepared
+    overrides = _streamed(root, tmp_path, "stream_fault", cap_gb, max_failures=1)
+    in_memory = [o for o in overrides if o != "data.loader=ray_data"] + ["data.loader=memory"]
+    with pytest.raises(ConfigError, match=r"over data\.max_in_memory_gb.*data\.loader=ray_data"):
+        run_experiment(in_memory, log=lambda *_: None)
+    assert not (tmp_path / "run").exists(), "refused before anything was written"
+
+    summary = run_experiment(overrides, log=lambda *_: None)
+
+    marker = tmp_path / "run" / FAULT_MARKER
+    assert marker.exists(), "the fault was injected"
+    assert summary["steps"] == STEPS
+    _assert_steps_once_and_redone_after(tmp_path / "run", marker.stat().st_mtime)
+    last = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0.0 <= last["target_acc_selected"] <= 1.0
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+            if "loss/adv" in ln]
+    assert rows and all(r["loss/adv"] > 0 for r in rows)  # the 3-way discriminator trains
+
+
+def test_an_interrupted_streamed_run_resumes_at_its_checkpoint(
+        ray_local, prepared: tuple[Path, float], tmp_path: Path) -> None:
+    root, _ = prepared
+    overrides = _streamed(root, tmp_path, "stream_resume", 1.0, max_failures=0)
+    with pytest.raises(RayRunError, match=r"InjectedFault.*start the same command again"):
+        run_experiment(overrides, log=lambda *_: None)
+    restart = time.time()
+
+    summary = run_experiment(overrides, log=lambda *_: None)
+
+    assert summary["steps"] == STEPS
+    _assert_steps_once_and_redone_after(tmp_path / "run", restart)
