@@ -5,6 +5,10 @@ On the device machine (a bare copy of the working tree; torch may not be install
 
     python -m pip install -e . && python benchmarks/gpu.py --time-limit 480 --out $OUT/gpu
 
+(with no package index in reach but the dependencies installed: pip install --no-deps
+--no-build-isolation -e .). Run directories and checkpoints go to --runs, outside --out, so
+what comes back is the tables.
+
 Here:
 
     make bench-gpu                                           # the same, into bench_results/gpu
@@ -363,11 +367,14 @@ def flops_per_step(step) -> int:
 
 def measure_plain(case: Case, s: Settings, device: str, flops: dict) -> dict:
     """(a): train_step called directly on one fixed batch, already on the device."""
+    import torch
+
     reset_peak(device)
     step, _ = make_step(case.overrides(), case.batch, NUM_DOMAINS, device=device,
                         compile_backend=s.compile_backend if case.compile else "")
     row = {}
     if case.compile:
+        torch.compiler.reset()  # a fresh model is a recompile; past the cache limit, eager
         t0 = time.perf_counter()
         step()  # compiles
         sync(device)
@@ -379,14 +386,14 @@ def measure_plain(case: Case, s: Settings, device: str, flops: dict) -> dict:
 
 
 def measure_runner(case: Case, repeat: int, s: Settings, device: str, domains,
-                   out: Path) -> dict:
+                   runs: Path) -> dict:
     """(b) and (c): a whole run; seconds per step from its metrics.jsonl windows (the loop's
     logging syncs), the first window being the warm-up."""
     from cdlm_dist.config import compose
     from cdlm_dist.runners import get_runner
 
     steps = s.log_every * (s.windows + 1)
-    run_dir = (out / "runs" / f"{case.label}_r{repeat}").resolve()
+    run_dir = (runs / f"{case.label}_r{repeat}").resolve()
     shutil.rmtree(run_dir, ignore_errors=True)
     ov = [*case.overrides(), f"data.batch_size={case.batch}",
           f"data.max_test_per_domain={s.max_test}", f"train.steps={steps}",
@@ -410,8 +417,8 @@ def measure_runner(case: Case, repeat: int, s: Settings, device: str, domains,
             else None}
 
 
-def run_throughput(s: Settings, device: str, domains, results: Results, clock: Clock,
-                   until: float) -> None:
+def run_throughput(s: Settings, device: str, domains, runs: Path, results: Results,
+                   clock: Clock, until: float) -> None:
     flops: dict[tuple[str, int], int] = {}
     for case, repeat in throughput_plan(s):
         what = f"{case.label} repeat {repeat}"
@@ -423,7 +430,7 @@ def run_throughput(s: Settings, device: str, domains, results: Results, clock: C
         try:
             with clock.timed(case.kind):
                 row |= (measure_plain(case, s, device, flops) if case.runner == "plain"
-                        else measure_runner(case, repeat, s, device, domains, results.out))
+                        else measure_runner(case, repeat, s, device, domains, runs))
             row["images_per_s"] = NUM_DOMAINS * case.batch / (row["step_ms"] / 1000)
             row["flops_per_step"] = flops.get((case.method, case.batch))
         except Exception as exc:  # recorded: the GPU run is for finding what breaks
@@ -518,8 +525,8 @@ def last_step(job: Job) -> int:
     return json.loads(lines[-1])["step"] if lines else 0
 
 
-def run_accuracy(s: Settings, device: str, data_root: str, results: Results, clock: Clock,
-                 until: float) -> None:
+def run_accuracy(s: Settings, device: str, data_root: str, runs: Path, results: Results,
+                 clock: Clock, until: float) -> None:
     """Runs in parallel processes on the one device until ``until``; unfinished ones are
     recorded with the step they reached (rerunning resumes them: runs are cached by key)."""
     from multiprocessing import get_context
@@ -530,7 +537,7 @@ def run_accuracy(s: Settings, device: str, data_root: str, results: Results, clo
     extra = [f"train.device={device}", f"train.eval_every={s.acc_eval_every}",
              f"train.checkpoint_every={s.acc_eval_every}"]
     jobs = build_jobs(pairs, {m: [f"method={m}"] for m in s.acc_methods}, s.acc_seeds,
-                      s.acc_steps, extra, str(results.out / "accuracy"), data_root)
+                      s.acc_steps, extra, str(runs / "accuracy"), data_root)
     os.environ["CDLM_BENCH_THREADS"] = "1"  # one_run's torch threads, in every child
     ctx = get_context("spawn")
     pending, running, started = list(jobs), {}, {}
@@ -596,8 +603,9 @@ def render(data: dict) -> str:
             f"{meta.get('accuracy data', 'n/a (not reached)')}.", *data["notes"], "",
             "## Environment", "", pipe_table([{"key": k, "value": v} for k, v in env.items()],
                                              ["key", "value"]), "",
-            "## Correctness", "", pipe_table(data["correctness"], ["check", "tolerance",
-                                                                  "worst / tolerance", "passed"]),
+            "## Correctness", "", pipe_table(data["correctness"], [
+                "check", "tolerance", "worst / tolerance", "passed",
+                *(["error"] if any("error" in r for r in data["correctness"]) else [])]),
             "", "## Throughput (digits, model=lenet)", "",
             "(a) plain: train_step on one fixed batch on the device; (b) local: run_local (data "
             "stream, logging); (c) ray: run_ray, 1 worker. Median over repeats; images/s counts "
@@ -685,11 +693,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=480, help="seconds, everything included")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, about a minute")
     p.add_argument("--data-root", default="", help="folder with MNIST/ and USPS/ (optional)")
+    p.add_argument("--runs", type=Path, default=Path("bench_results/gpu_runs"),
+                   help="run directories and checkpoints (accuracy runs resume from here)")
     p.add_argument("--throughput-until", type=float, default=0.5,
                    help="fraction of the limit at which throughput stops")
     p.add_argument("--resnet-until", type=float, default=0.6,
                    help="fraction of the limit at which ResNet-50 stops; accuracy gets the rest")
     return p.parse_args(argv)
+
+
+def checked(what: str, check) -> dict:
+    """A correctness check's row; one that raises is a failed check, and the run goes on."""
+    try:
+        return check()
+    except Exception as exc:
+        traceback.print_exc()
+        return {"check": what, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def stop(signum, frame) -> None:
@@ -728,14 +747,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{clock.now():.0f} s] correctness", flush=True)
         if not cuda:
             results.skip("correctness", "CDLM losses cpu vs GPU", "no CUDA (cpu vs cpu instead)")
-        results.add("correctness", check_cpu_vs_device(device))
+        results.add("correctness", checked("CDLM losses, cpu vs device",
+                                           lambda: check_cpu_vs_device(device)))
         if cuda or cpu_autocast_works():
             print(f"[{clock.now():.0f} s] AMP band", flush=True)
-            results.add("correctness", amp_band(device, domains, s))
+            results.add("correctness", checked("AMP loss band", lambda: amp_band(device, domains, s)))
         else:
             results.skip("correctness", "AMP loss band", "no CUDA and no CPU bf16 autocast")
         section = "throughput"
-        run_throughput(s, device, domains, results, clock, args.throughput_until * end)
+        run_throughput(s, device, domains, args.runs, results, clock,
+                       args.throughput_until * end)
         import ray
 
         ray.shutdown()  # frees the CPUs the accuracy processes will use
@@ -743,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         run_resnet(s, device, results, clock, args.resnet_until * end)
         section = "accuracy"
         print(f"[{clock.now():.0f} s] accuracy", flush=True)
-        run_accuracy(s, device, args.data_root, results, clock, end)
+        run_accuracy(s, device, args.data_root, args.runs, results, clock, end)
         results.data["meta"]["status"] = f"finished in {clock.now():.0f} s"
     except TimeLimit:
         results.data["meta"]["status"] = (f"stopped by the time limit during {section} after "
