@@ -8,6 +8,7 @@ CLI prints one line (and the job's last log lines) instead of a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import secrets
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,8 +40,11 @@ EXIT_UNREACHABLE = 3
 EXIT_NOT_FOUND = 4
 EXIT_AUTH = 5
 LOG_TAIL_LINES = 20
+RAY_LOG_COPY = ", last available logs"  # how Ray's message for a failed job goes on
 POLL_SECONDS = 1.0
 HTTP_NOT_FOUND = "status code 404"
+# Where Ray's job client looks for an address, in its order; it lets them override its argument.
+ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 # Never uploaded: environments, outputs, caches, VCS data (Ray also honours .gitignore).
 EXCLUDES = [".git", ".venv", "venv", "runs", "outputs", "multirun", "bench_results",
@@ -50,8 +55,8 @@ EXCLUDES = [".git", ".venv", "venv", "runs", "outputs", "multirun", "bench_resul
 QUIET_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
                  "ray._private.runtime_env")
 
-# The config key that says which Ray a command's driver joins.
-JOIN_CLUSTER_KEY = {"cdlm-train": "runner.address", "cdlm-sweep": "sweep.address"}
+# The one config key that says which Ray a command's driver joins (cdlm-train and cdlm-sweep).
+JOIN_CLUSTER_KEY = "runner.address"
 
 META_COMMAND = "cdlm_command"
 META_ARGS = "cdlm_args"
@@ -76,8 +81,10 @@ class SubmitError(Exception):
 
 
 def resolve_address(address: str | None) -> str:
-    """``--address``, else ``RAY_ADDRESS``, else the local default; always an http(s) URL."""
-    value = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    """``--address``, else ``RAY_API_SERVER_ADDRESS`` or ``RAY_ADDRESS``, else the local
+    default; always an http(s) URL."""
+    from_env = (os.environ.get(name) for name in ADDRESS_ENV_VARS)
+    value = address or next((v for v in from_env if v), None) or DEFAULT_ADDRESS
     if value in ("auto", "local"):
         value = DEFAULT_ADDRESS
     if value.startswith("ray://"):
@@ -118,7 +125,8 @@ def connect(address: str) -> Any:
     token = auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return JobSubmissionClient(address, headers=headers)
+        with _address_env_hidden():
+            return JobSubmissionClient(address, headers=headers)
     except (ConnectionError, OSError) as exc:
         raise SubmitError(f"cannot reach the Ray job server at {address}: {FORWARD_HINT}",
                           EXIT_UNREACHABLE) from exc
@@ -131,6 +139,18 @@ def connect(address: str) -> Any:
         problem = "rejected the token" if token else "needs a token"
         raise SubmitError(f"the Ray job server at {address} {problem}: {AUTH_HINT}",
                           EXIT_AUTH) from exc
+
+
+@contextlib.contextmanager
+def _address_env_hidden() -> Iterator[None]:
+    """Ray's client replaces the address it is given with RAY_API_SERVER_ADDRESS or RAY_ADDRESS
+    when either is set (``get_address_for_submission_client``), which would make the env win over
+    --address; hide them while it resolves its address (resolve_address already read them)."""
+    saved = {name: os.environ.pop(name) for name in ADDRESS_ENV_VARS if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -166,10 +186,9 @@ def new_job_id(command: str) -> str:
 def with_cluster_defaults(command: str, overrides: list[str]) -> list[str]:
     """A submitted job joins the cluster it runs on (its "local" default would start a private
     Ray inside the driver) unless the overrides say otherwise."""
-    key = JOIN_CLUSTER_KEY[command]
-    if any(o.lstrip("+").startswith(f"{key}=") for o in overrides):
+    if any(o.lstrip("+").startswith(f"{JOIN_CLUSTER_KEY}=") for o in overrides):
         return list(overrides)
-    return [*overrides, f"{key}=auto"]
+    return [*overrides, f"{JOIN_CLUSTER_KEY}=auto"]
 
 
 def build_entrypoint(python: str, job_id: str, storage: str, command: str,
@@ -288,16 +307,21 @@ def last_lines(client: Any, job_id: str, n: int = LOG_TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
-def ensure_succeeded(client: Any, job_id: str, status: Any) -> None:
-    """Raise a SubmitError with the job's message and last log lines unless it succeeded."""
+def ensure_succeeded(client: Any, job_id: str, status: Any, log_shown: bool = False) -> None:
+    """Raise a SubmitError with the job's message unless it succeeded, and its last log lines
+    unless ``log_shown`` (--follow has just printed them: repeating them printed each twice)."""
     if str(status) == "SUCCEEDED":
         return
-    info = job_info(client, job_id)
-    message = (info.message or "").strip().splitlines()
-    raise SubmitError(
-        f"job {job_id} {status}: {message[0] if message else 'no message'}\n"
-        f"--- last {LOG_TAIL_LINES} log lines ---\n{last_lines(client, job_id)}",
-        EXIT_JOB_FAILED)
+    tail = ("; its log is above" if log_shown else
+            f"\n--- last {LOG_TAIL_LINES} log lines ---\n{last_lines(client, job_id)}")
+    raise SubmitError(f"job {job_id} {status}: {_job_message(job_info(client, job_id))}{tail}",
+                      EXIT_JOB_FAILED)
+
+
+def _job_message(info: Any) -> str:
+    """The job server's message, without the copy of the log Ray appends to it."""
+    lines = (info.message or "").strip().splitlines()
+    return lines[0].split(RAY_LOG_COPY)[0].rstrip(":") if lines else "no message"
 
 
 def fetch(client: Any, job_id: str, to: Path, *, via: str = "auto", with_checkpoints: bool = True,
