@@ -7,13 +7,15 @@ Usage:
     cdlm-submit status JOB_ID | logs JOB_ID [--follow] | stop JOB_ID | list
     cdlm-submit fetch JOB_ID --to DIR [--via auto|direct|job] [--no-checkpoints]
 
-The address is the cluster's job server (its dashboard port): --address, else RAY_ADDRESS, else
-http://127.0.0.1:8265, which is where `ray dashboard cluster/aws.yaml` or
-`kubectl port-forward svc/cdlm-cluster-head-svc 8265:8265` put it. The checkout is uploaded as the job's
+The address is the cluster's job server (its dashboard port): --address, else
+RAY_API_SERVER_ADDRESS or RAY_ADDRESS, else http://127.0.0.1:8265, which is where
+`ray dashboard cluster/aws.yaml` or `kubectl port-forward svc/cdlm-cluster-head-svc 8265:8265`
+put it. The checkout is uploaded as the job's
 working_dir (no .venv, runs, .git, caches); the cluster image provides the dependencies.
 Each job runs in <storage>/<job_id>/ on the head node; `fetch` brings back what it wrote there
 (runs/<name>/ with summary.json, metrics, checkpoints, plots). Overrides are cdlm-train's or
-cdlm-sweep's Hydra overrides; put any that start with '-' after a `--`.
+cdlm-sweep's Hydra overrides; put any that start with '-' after a `--`. They are composed and
+validated here first (with this checkout's code), so a bad key or value fails before any upload.
 
 A cluster with Ray token authentication (the specs in cluster/ turn it on) needs its token:
 RAY_AUTH_TOKEN, or a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token with
@@ -46,6 +48,7 @@ from cdlm_dist.jobs.client import (
     resolve_address,
     submit,
     wait,
+    with_cluster_defaults,
 )
 from cdlm_dist.jobs.results import DEFAULT_STORAGE, join
 
@@ -55,8 +58,8 @@ EXIT_INTERRUPTED = 130
 
 def _parser(action: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"cdlm-submit {action}")
-    p.add_argument("--address", help="job server URL (default: $RAY_ADDRESS or "
-                                     "http://127.0.0.1:8265)")
+    p.add_argument("--address", help="job server URL (default: $RAY_API_SERVER_ADDRESS, "
+                                     "$RAY_ADDRESS or http://127.0.0.1:8265)")
     if action in SHORT_NAMES:
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.steps=500")
         p.add_argument("--follow", action="store_true", help="stream the log until the job ends")
@@ -90,6 +93,19 @@ def _parser(action: str) -> argparse.ArgumentParser:
     return p
 
 
+def check_config(command: str, overrides: list[str]) -> None:
+    """Compose the job's config as the job will (cluster defaults included): a bad key or value
+    fails here in a second, with the command's own one-line message, not after an upload."""
+    from cdlm_dist.config import ConfigError, compose
+    from cdlm_dist.tuning.config import compose_sweep
+
+    composers = {"cdlm-train": compose, "cdlm-sweep": compose_sweep}
+    try:
+        composers[command](with_cluster_defaults(command, overrides))
+    except ConfigError as exc:
+        raise SubmitError(f"{command}: {exc}", EXIT_USAGE) from exc
+
+
 def _submit(client, args: argparse.Namespace, action: str, address: str) -> int:
     command = SHORT_NAMES[action]
     root = args.working_dir.resolve() if args.working_dir else find_project_root()
@@ -104,7 +120,7 @@ def _submit(client, args: argparse.Namespace, action: str, address: str) -> int:
               f"  results: cdlm-submit fetch {job_id} --to results/{job_id}")
         return 0
     status = follow(client, job_id, sys.stdout, args.timeout)
-    ensure_succeeded(client, job_id, status)
+    ensure_succeeded(client, job_id, status, log_shown=True)
     print(f"cdlm-submit: job {job_id} SUCCEEDED; results: "
           f"cdlm-submit fetch {job_id} --to results/{job_id}")
     return 0
@@ -140,6 +156,8 @@ def run(action: str, argv: list[str]) -> int:
         args.overrides += overrides_after_dashdash
     elif overrides_after_dashdash:
         raise SubmitError(f"cdlm-submit {action} takes no overrides")
+    if action in SHORT_NAMES and args.working_dir is None:  # other code: its own config rules
+        check_config(SHORT_NAMES[action], args.overrides)
     address = resolve_address(args.address)
     client = connect(address)
     if action in SHORT_NAMES:

@@ -86,8 +86,10 @@ def run(job_id: str, storage: str, command: str, argv: list[str]) -> int:
     _restore(job_dir, storage, job_id)
     os.chdir(job_dir)
     sys.path.insert(0, str(src))  # imports keep resolving to the uploaded code
+    # storage as given (not the expanded job_dir): the manifest travels with fetched results,
+    # where the head's absolute paths mean nothing
     record = {"job_id": job_id, "command": command, "args": argv, "host": socket.gethostname(),
-              "job_dir": str(job_dir), "started": time.time()}
+              "storage": storage, "started": time.time()}
     _write_manifest(job_dir, record)
     print(f"cdlm-job: {command} {' '.join(argv)}\ncdlm-job: results in {job_dir}", flush=True)
     code = 1  # what the manifest says if the command raises (its traceback goes to the log)

@@ -31,7 +31,8 @@ MANIFEST = "job.json"
 # Entries of the uploaded code that outputs would land in: never linked into the job directory,
 # so a job writes its own copy instead of the extracted package that jobs with the same code share.
 OUTPUT_NAMES = frozenset({"runs", "outputs", "multirun", MANIFEST})
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = "checkpoints"  # cdlm-train runner=local
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's and Tune's checkpoint folders
 
 ARCHIVE_BEGIN = "CDLM-ARCHIVE-BEGIN"
 ARCHIVE_LINE = "CDLM-ARCHIVE:"
@@ -114,11 +115,12 @@ def download(location: str, to: Path) -> list[str]:
 
 
 def pack(job_dir: Path, with_checkpoints: bool = True) -> bytes:
-    """A tar.gz of the job's results (optionally without ``checkpoints/`` folders)."""
+    """A tar.gz of the job's results (optionally without checkpoint folders)."""
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        if not with_checkpoints and CHECKPOINT_DIR in PurePosixPath(info.name).parts:
-            return None
+        dirs = PurePosixPath(info.name).parts[:None if info.isdir() else -1]
+        if not with_checkpoints and any(is_checkpoint_dir(d) for d in dirs):
+            return None  # a folder: tarfile then skips everything in it too
         return info
 
     buffer = io.BytesIO()
@@ -126,6 +128,10 @@ def pack(job_dir: Path, with_checkpoints: bool = True) -> bytes:
         for entry in result_entries(job_dir):
             tar.add(entry, arcname=entry.name, filter=keep)
     return buffer.getvalue()
+
+
+def is_checkpoint_dir(name: str) -> bool:
+    return name == CHECKPOINT_DIR or name.startswith(CHECKPOINT_PREFIX)
 
 
 def write_archive_text(data: bytes, out: TextIO) -> None:

@@ -153,3 +153,52 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     finally:
         _stop(proc, [str(temp_dir), str(storage)])
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@dataclass
+class FakeJobServer:
+    """An HTTP server that answers what JobSubmissionClient asks on connecting and listing,
+    and records every request: enough to see which address a client used, and whether it
+    talked to the server at all."""
+
+    address: str
+    requests: list[str]
+
+
+@pytest.fixture
+def fake_job_server() -> Iterator[FakeJobServer]:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    ray = pytest.importorskip("ray")
+    seen: list[str] = []
+    answers = {"/api/version": {"version": "1", "ray_version": ray.__version__,
+                                "ray_commit": ""}, "/api/jobs/": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            seen.append(f"GET {self.path}")
+            body = json.dumps(answers.get(self.path, {})).encode()
+            self.send_response(200 if self.path in answers else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 (an upload or a submission: never answered)
+            seen.append(f"POST {self.path}")
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield FakeJobServer(f"http://{LOOPBACK}:{server.server_address[1]}", seen)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cdlm_dist.cli.submit import main
+from cdlm_dist.cli import submit as submit_cli
+from cdlm_dist.cli.submit import check_config, main
 from cdlm_dist.jobs import COMMANDS, remote
 from cdlm_dist.jobs.client import (
     META_RESULTS,
@@ -35,6 +37,7 @@ from cdlm_dist.jobs.results import (
 )
 
 FAKE = "cdlm-fake"
+ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 
 class FakeClient:
@@ -69,6 +72,10 @@ def _fake_command(monkeypatch, exit_code: int = 0) -> None:
         (run / "summary.json").write_text(json.dumps({"argv": argv}))
         (run / "checkpoints").mkdir(exist_ok=True)
         (run / "checkpoints" / "step_3.pt").write_bytes(b"weights")
+        ray_run = run / "ray" / "fake"  # runner=ray: Ray Train's checkpoints
+        (ray_run / "checkpoint_000001").mkdir(parents=True, exist_ok=True)
+        (ray_run / "checkpoint_000001" / "state.pt").write_bytes(b"weights")
+        (ray_run / "checkpoint_manager_snapshot.json").write_text("{}")
         return exit_code
 
     module = types.ModuleType("cdlm_fake_cmd")
@@ -92,16 +99,18 @@ def uploaded(tmp_path: Path, monkeypatch) -> Path:
 def test_job_runs_in_its_own_dir_with_the_code_linked(uploaded: Path, tmp_path: Path,
                                                       monkeypatch) -> None:
     _fake_command(monkeypatch)
-    storage = tmp_path / "jobs"
-    assert remote.main(["run", "--job-id", "j1", "--storage", str(storage), "--", FAKE,
+    monkeypatch.setenv("HOME", str(tmp_path))  # the head's home: ~/jobs is tmp_path/jobs
+    assert remote.main(["run", "--job-id", "j1", "--storage", "~/jobs", "--", FAKE,
                         "a=1", "b=x y"]) == 0
-    job_dir = storage / "j1"
+    job_dir = tmp_path / "jobs" / "j1"
     assert json.loads((job_dir / "runs/fake/summary.json").read_text()) == {"argv": ["a=1",
                                                                                      "b=x y"]}
     assert (job_dir / "configs").is_symlink() and (job_dir / "data.parquet").is_symlink()
     assert not (uploaded / "runs").exists()  # the shared extract stays clean
     manifest = json.loads((job_dir / MANIFEST).read_text())
     assert manifest["exit_code"] == 0 and manifest["command"] == FAKE
+    assert manifest["storage"] == "~/jobs"
+    assert str(tmp_path) not in (job_dir / MANIFEST).read_text()  # it travels: no head paths
 
     fetched = download(str(job_dir), tmp_path / "fetched")
     assert fetched == [MANIFEST, "runs"]  # results only, not the links to the code
@@ -141,6 +150,8 @@ def test_archive_survives_the_job_log(uploaded: Path, tmp_path: Path, monkeypatc
     assert names == [MANIFEST, "runs"]
     assert (tmp_path / "out/runs/fake/summary.json").is_file()
     assert not (tmp_path / "out/runs/fake/checkpoints").exists()
+    assert not (tmp_path / "out/runs/fake/ray/fake/checkpoint_000001").exists()
+    assert (tmp_path / "out/runs/fake/ray/fake/checkpoint_manager_snapshot.json").is_file()
 
     lines = log.getvalue().splitlines()
     corrupt = [ln.replace("A", "B") if ln.startswith("CDLM-ARCHIVE:") else ln for ln in lines]
@@ -170,7 +181,7 @@ def test_entrypoint_quotes_overrides_and_joins_the_cluster() -> None:
     assert args[args.index("--") + 1:] == ["cdlm-train", *overrides]
     assert with_cluster_defaults("cdlm-train", ["runner.address=ray://x:1"]) == [
         "runner.address=ray://x:1"]
-    assert with_cluster_defaults("cdlm-sweep", ["a=1"]) == ["a=1", "sweep.address=auto"]
+    assert with_cluster_defaults("cdlm-sweep", ["a=1"]) == ["a=1", "runner.address=auto"]
 
 
 def test_commands_match_the_console_scripts(scripts: dict[str, str]) -> None:
@@ -183,13 +194,86 @@ def test_commands_match_the_console_scripts(scripts: dict[str, str]) -> None:
 
 
 def test_addresses(monkeypatch) -> None:
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for name in ADDRESS_ENV:
+        monkeypatch.delenv(name, raising=False)
     assert resolve_address(None) == "http://127.0.0.1:8265"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:8265")
     assert resolve_address(None) == "http://10.0.0.5:8265"
     assert resolve_address("https://ray.example:443") == "https://ray.example:443"
     with pytest.raises(SubmitError, match="Ray Client address"):
         resolve_address("ray://head:10001")
+
+
+def test_address_flag_wins_over_the_environment(fake_job_server, unused_address: str,
+                                                monkeypatch, capsys) -> None:
+    """Ray's job client replaces the address it is given with RAY_API_SERVER_ADDRESS or
+    RAY_ADDRESS; --address must still be the server cdlm-submit talks to."""
+    for name in ADDRESS_ENV:
+        monkeypatch.setenv(name, unused_address)
+    assert main(["list", "--address", fake_job_server.address]) == 0, capsys.readouterr().err
+    assert "GET /api/jobs/" in fake_job_server.requests
+    assert all(os.environ[name] == unused_address for name in ADDRESS_ENV)  # left as they were
+
+
+def test_environment_names_the_server_without_the_flag(fake_job_server, monkeypatch) -> None:
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", fake_job_server.address)
+    assert main(["list"]) == 0
+    assert "GET /api/jobs/" in fake_job_server.requests
+
+
+@pytest.mark.parametrize("action, key", [("train", "train.stepz"), ("sweep", "sweep.num_samplez")])
+def test_bad_config_fails_here_in_one_line_before_any_upload(action: str, key: str,
+                                                             fake_job_server, capsys) -> None:
+    code = main([action, "train.steps=6", f"{key}=3", "--address", fake_job_server.address])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and f"unknown config key '{key}'" in err, err
+    assert f"`cdlm-{action} --cfg`" in err
+    assert fake_job_server.requests == []  # not even a connection
+
+
+def test_good_config_passes_the_local_check() -> None:
+    check_config("cdlm-train", ["train.steps=6"])
+    check_config("cdlm-sweep", ["sweep.num_samples=2"])
+
+
+class FailingJobClient(FakeClient):
+    """A job that fails after logging LOG; its log streams like Ray's (tail_job_logs)."""
+
+    LOG = "".join(f"job line {i:02d}\n" for i in range(30))
+
+    def submit_job(self, **kw) -> str:
+        job_id = super().submit_job(**kw)
+        self.jobs[job_id]["status"] = "FAILED"
+        return job_id
+
+    def get_job_info(self, job_id: str) -> types.SimpleNamespace:
+        info = super().get_job_info(job_id)
+        info.message = ("Job entrypoint command failed with exit code 1, last available logs "
+                        f"(truncated to 20,000 chars):\n{self.LOG}")  # as Ray words it
+        return info
+
+    def get_job_logs(self, job_id: str) -> str:
+        return self.LOG
+
+    async def tail_job_logs(self, job_id: str):
+        for line in self.LOG.splitlines(keepends=True):
+            yield line
+
+
+def test_followed_job_prints_each_log_line_once(monkeypatch, capsys) -> None:
+    """--follow streams the log; the failure message must not repeat its tail."""
+    pytest.importorskip("ray.job_submission")
+    client = FailingJobClient()
+    monkeypatch.setattr(submit_cli, "connect", lambda address: client)
+    code = main(["train", "train.steps=6", "--follow", "--storage", "/tmp/cdlm_jobs"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "FAILED: Job entrypoint command failed with exit code 1" in err
+    assert err.count("\n") == 1 and "last available logs" not in err, err
+    for line in FailingJobClient.LOG.splitlines():
+        assert (out + err).count(line) == 1, line
 
 
 def test_unreachable_cluster_is_one_clear_line(unused_address: str, capsys) -> None:

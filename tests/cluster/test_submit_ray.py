@@ -20,6 +20,7 @@ TINY_JOB = ["train.steps=6", "train.eval_every=3", "train.checkpoint_every=3",
             "eval.a_distance=false", "eval.domain_kl=false", "runner=local",
             "train.progress=false"]
 FOLLOW_TIMEOUT_S = "300"
+FAULT = "injected fault at step 3 (train.fail_at_step)"
 TCP_LISTEN = "0A"  # the state column of /proc/net/tcp for LISTEN
 
 
@@ -76,14 +77,15 @@ def test_train_job_round_trip(ray_head, tmp_path: Path, capsys) -> None:
 
 def test_failed_job_reports_its_log_and_missing_results(ray_head, tmp_path: Path,
                                                         capsys) -> None:
-    code, job_id, out, err = _submit(ray_head, capsys, *TINY_JOB, "train.stepz=3")
+    code, job_id, out, err = _submit(ray_head, capsys, *TINY_JOB, "train.fail_at_step=3")
     assert code == 1
-    assert f"job {job_id} FAILED" in err
-    assert "last 20 log lines" in err and "unknown config key 'train.stepz'" in err
-    assert "Traceback" not in err
+    assert f"job {job_id} FAILED: Job entrypoint command failed with exit code 1" in err
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # one line: the log is above
+    for line in ("cdlm-job: cdlm-train", FAULT):  # --follow printed the log, each line once
+        assert (out + err).count(line) == 1, out + err
 
     code, out, _ = _cli(ray_head, capsys, "logs", job_id)
-    assert code == 0 and "unknown config key 'train.stepz'" in out
+    assert code == 0 and FAULT in out
     code, out, _ = _cli(ray_head, capsys, "list")
     assert code == 0 and job_id in out and "FAILED" in out
     code, out, _ = _cli(ray_head, capsys, "stop", job_id)
@@ -111,6 +113,13 @@ def test_job_server_listens_on_loopback_only(ray_head) -> None:
             if state == TCP_LISTEN and local.endswith(f":{port_hex}"):
                 binds.append(local.split(":")[0])
     assert binds == ["0100007F"], binds  # 127.0.0.1, little-endian hex
+
+
+def test_bad_config_never_reaches_the_cluster(ray_head, capsys) -> None:
+    code = main(["train", "train.stepz=3", "--address", ray_head.address])
+    assert code == 2 and "unknown config key 'train.stepz'" in capsys.readouterr().err
+    code, out, _ = _cli(ray_head, capsys, "list")
+    assert code == 0 and "train.stepz" not in out
 
 
 def test_wrong_token_is_refused_with_a_hint(ray_head, monkeypatch, capsys) -> None:
