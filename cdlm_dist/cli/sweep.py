@@ -10,7 +10,8 @@ Usage (any Hydra override of configs/sweep.yaml, which composes the training con
 
 Trials are selected by a label-free score (source validation accuracy); target accuracy is only
 reported (oracle column). The sweep directory (sweep.output_dir/sweep.study_name) gets the study
-(SQLite by default), trials.parquet, leaderboard.md, experiment/best.yaml and PNG plots.
+(SQLite by default), trials.parquet, leaderboard.md, experiment/best.yaml and PNG plots; paths in
+them are relative to it, and the retrain command runs in it.
 Starting the same command again resumes: finished trials are kept, the rest are run.
 """
 
@@ -53,7 +54,7 @@ def format_summary(summary: dict) -> str:
         lines += [f"  selected trial {summary['best_trial']}: score (source val acc) "
                   f"{summary['best_score']:.4f}, oracle target acc "
                   f"{summary['best_oracle_target_acc']:.4f}; {params}",
-                  f"  retrain: {summary['retrain_command']}"]
+                  f"  retrain (in {summary['directory']}): {summary['retrain_command']}"]
     lines += [f"  leaderboard: {summary['leaderboard']}", f"  trials: {summary['trials_file']}"]
     return "\n".join(lines)
 
