@@ -342,8 +342,9 @@ class Case:
 
 def throughput_plan(s: Settings) -> list[tuple[Case, int]]:
     """(case, repeat) in priority order: every plain case first (cheap, and the reference of
-    every ratio), then passes of plain/local/ray side by side, torch.compile after the first."""
-    keys = [(m, b, amp) for b in s.batches for amp in s.amps for m in METHODS]
+    every ratio), then passes of plain/local/ray side by side (CDLM's batches and precisions
+    before DANN's), torch.compile after the first pass."""
+    keys = [(m, b, amp) for m in METHODS for b in s.batches for amp in s.amps]
     plan = [(Case(*k, False, "plain"), r) for r in range(s.repeats) for k in keys]
     for r in range(s.runner_repeats):
         for i, k in enumerate(keys):
