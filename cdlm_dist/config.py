@@ -126,6 +126,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 25
     eval_every: int = 250
+    # The label-free validator that picks the checkpoint (its score is each evaluation's
+    # eval_score): src_acc | entropy | im | snd | dev | acc_im (cdlm_dist/evaluation/validators.py)
+    select_by: str = "src_acc"
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -284,6 +287,12 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"data.max_in_memory_gb={cfg.data.max_in_memory_gb} must be > 0")
     if cfg.data.shuffle_buffer < 1:
         raise ConfigError(f"data.shuffle_buffer={cfg.data.shuffle_buffer} must be at least 1")
+    from cdlm_dist.evaluation.validators import VALIDATORS  # torch: imported only to validate
+
+    if cfg.train.select_by not in VALIDATORS:
+        raise ConfigError(f"train.select_by={cfg.train.select_by!r} is not a label-free "
+                          f"validator; choose one of {list(VALIDATORS)} (target accuracy is "
+                          "only reported)")
 
 
 def register_configs() -> None:

@@ -1,8 +1,9 @@
 """The training loop every runner uses: resume, step, log, evaluate, select, checkpoint.
 
 Model selection is label-free (:mod:`cdlm_dist.training.selection`): an evaluation's
-``eval_score`` is the mean accuracy on the labelled domains' held-out validation data. Target
-test accuracy is recorded at every evaluation, but only to report it.
+``eval_score`` is the score of the validator ``train.select_by`` names (by default the mean
+accuracy on the labelled domains' held-out validation data); every validator's score is recorded
+beside it. Target test accuracy is recorded at every evaluation, but only to report it.
 
 Everything the driver needs after training travels in the checkpoint state, not in files that
 rank 0 wrote: the weights, the selection, the evaluation history and the logged rows (losses and
@@ -12,6 +13,7 @@ same run directory as a local run (metrics.jsonl on rank 0 is only a live view).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,7 +26,8 @@ from omegaconf import OmegaConf
 from cdlm_dist.config import Config
 from cdlm_dist.data.domains import DomainData
 from cdlm_dist.data.streams import MultiDomainStream
-from cdlm_dist.evaluation.accuracy import prediction_stats, test_stats
+from cdlm_dist.evaluation.accuracy import Predictions, predict, test_stats
+from cdlm_dist.evaluation.validators import EvalPass, score_all, validator_key
 from cdlm_dist.model.cdlm import CDLM, build_model
 from cdlm_dist.model.sync_norm import convert_sync_batchnorm
 from cdlm_dist.training.checkpoint import rng_state, set_rng_state
@@ -70,19 +73,24 @@ def seed_everything(seed: int) -> None:
 
 def evaluate_in_training(model: CDLM, domains: list[DomainData], cfg: Config,
                          ctx: RunContext) -> dict[str, float]:
-    """Validation accuracy of labelled domains (the score), plus :func:`test_stats`: every
-    domain's test accuracy and the label-free IM score of each unlabelled one."""
+    """Validation accuracy of labelled domains, :func:`test_stats` (every domain's test
+    accuracy, each unlabelled one's IM) and, from the same pass, every label-free validator's
+    score (``validator/<name>``); ``eval_score`` is the one ``train.select_by`` names."""
     out: dict[str, float] = {}
+    sources = []
     for d, spec in zip(domains, cfg.data.domains):
         if spec.labelled and d.val is not None:
-            out[f"val_acc/{d.name}"] = prediction_stats(
-                model, d.val, cfg.data.eval_batch_size, ctx.device, ctx.rank, ctx.world_size,
-                ctx.all_reduce_sum)["acc"]
-    vals = list(out.values())
-    out[EVAL_SCORE] = sum(vals) / len(vals) if vals else 0.0
+            pred = predict(model, d.val, cfg.data.eval_batch_size, ctx.device, ctx.rank,
+                           ctx.world_size, ctx.all_reduce_sum, keep=True)
+            out[f"val_acc/{d.name}"] = pred.acc
+            sources.append(pred)
+    out[EVAL_SCORE] = math.nan  # set below; keeps its place among the keys
+    targets: dict[str, Predictions] = {}
     out |= test_stats(model, domains, cfg.data.domains, cfg.data.eval_batch_size, ctx.device,
-                      ctx.rank, ctx.world_size, ctx.all_reduce_sum)
-    return out
+                      ctx.rank, ctx.world_size, ctx.all_reduce_sum, kept=targets)
+    scores = score_all(EvalPass(sources, list(targets.values()), domains[0].num_classes))
+    out[EVAL_SCORE] = scores[validator_key(cfg.train.select_by)]
+    return out | scores
 
 
 def _cpu_state(model: CDLM) -> dict[str, torch.Tensor]:

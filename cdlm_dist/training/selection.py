@@ -1,8 +1,10 @@
 """Label-free model selection: the one place that says which weights a run keeps and reports.
 
-Every evaluation of the loop has an ``eval_score`` (the mean validation accuracy of the labelled
-domains: label-free for the target, docs/method.md section 5). :class:`Selection` keeps the
-weights at the best score so far (``best_score``); it travels inside every checkpoint, so a
+Every evaluation of the loop has an ``eval_score``: the score of the label-free validator
+``train.select_by`` names (:mod:`cdlm_dist.evaluation.validators`; by default the mean validation
+accuracy of the labelled domains, docs/method.md section 5). Each validator's own score is
+recorded beside it as ``validator/<name>``. :class:`Selection` keeps the weights at the best
+score so far (``best_score``); it travels inside every checkpoint, so a
 resumed run, the Ray driver and a Tune trial all select the same weights. Target accuracy is
 recorded beside each evaluation only to report it: "selected" is the target accuracy at the best
 score, "oracle" the best target accuracy at any evaluation (it uses target labels, so it is named
@@ -17,7 +19,7 @@ from typing import Any
 
 import torch
 
-EVAL_SCORE = "eval_score"  # this evaluation's label-free score
+EVAL_SCORE = "eval_score"  # this evaluation's label-free score (of train.select_by)
 BEST_SCORE = "best_score"  # the best eval_score so far: the score of the selected weights
 ORACLE = "oracle_target_acc"  # target accuracy of the selected weights: reported, never used
 
@@ -31,8 +33,9 @@ class Selection:
     state: dict[str, torch.Tensor] | None = None
 
     def update(self, step: int, eval_score: float, model: torch.nn.Module) -> bool:
-        """Keep ``model``'s weights if ``eval_score`` beats the best (the first of ties wins)."""
-        if self.state is not None and eval_score <= self.score:
+        """Keep ``model``'s weights if ``eval_score`` beats the best (the first of ties wins;
+        a NaN score, a validator that could not score, never beats a number)."""
+        if self.state is not None and _rank(eval_score) <= _rank(self.score):
             return False
         self.step, self.score = step, eval_score
         self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -50,6 +53,11 @@ class Selection:
         return cls(step=saved["step"], score=saved["score"], state=saved["model"])
 
 
+def _rank(score: float) -> float:
+    """The order of scores: NaN below every number."""
+    return -math.inf if math.isnan(score) else score
+
+
 def selection_summary(history: list[dict[str, float]]) -> dict[str, float]:
     """Target accuracy under each named selection rule, from the evaluation history.
 
@@ -59,7 +67,7 @@ def selection_summary(history: list[dict[str, float]]) -> dict[str, float]:
     """
     if not history:
         return {}
-    best = max(history, key=lambda h: h[EVAL_SCORE])  # first maximum: earliest on ties
+    best = max(history, key=lambda h: _rank(h[EVAL_SCORE]))  # first maximum: earliest on ties
     return {
         "selected_step": best["step"],
         "selected_score": best[EVAL_SCORE],

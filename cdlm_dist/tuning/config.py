@@ -15,14 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cdlm_dist.config import Config, ConfigError, compose, validate
+from cdlm_dist.evaluation.validators import DEFAULT_VALIDATOR, VALIDATORS
 from cdlm_dist.training.selection import BEST_SCORE, EVAL_SCORE
 
 SAMPLERS = ("tpe", "random")
 SCHEDULERS = ("asha", "fifo")
 # Label-free metrics a sweep may optimise (see cdlm_dist/tuning/__init__.py for why only these):
-# "best_score" is the best source validation accuracy so far (the score of the weights
-# cdlm-train selects), "eval_score" the source validation accuracy at the latest evaluation.
-LABEL_FREE_METRICS = (BEST_SCORE, EVAL_SCORE)
+# "best_score" is the best score so far of the trial's train.select_by validator (the score of
+# the weights it selects), "eval_score" that score at the latest evaluation; a validator's name
+# (e.g. "snd") means train.select_by=<name> and its best_score (see tune_metric).
+LABEL_FREE_METRICS = (BEST_SCORE, EVAL_SCORE, *VALIDATORS)
 
 
 @dataclass
@@ -37,7 +39,7 @@ class SweepConfig:
     trial_cpus: float = 1.0  # Ray resources of one trial (of its driver, for runner=ray)
     trial_gpus: float = 0.0
     seed: int = 0  # seeds the sampler (the training seed is train.seed, fixed for all trials)
-    metric: str = BEST_SCORE  # label-free only: one of LABEL_FREE_METRICS
+    metric: str = BEST_SCORE  # label-free only: one of LABEL_FREE_METRICS (or a validator)
     sampler: str = "tpe"  # "tpe" (Optuna TPE) | "random"
     n_startup_trials: int = 4  # TPE: random trials before its model is used
     multivariate: bool = True  # TPE: model the parameters jointly (l_adv and l_con trade off)
@@ -76,9 +78,29 @@ def compose_sweep(overrides: list[str] | None = None) -> DictConfig:
     The search space is checked against the training config by :func:`space.parse_space`."""
     register_sweep_schema()
     cfg = compose(overrides, config_name="sweep")
+    select_by_metric(cfg)
     validate(training_config(cfg))
     check_sweep(cfg)
     return cfg
+
+
+def select_by_metric(cfg: DictConfig) -> None:
+    """``sweep.metric=<validator>``: every trial selects its checkpoint by that validator (so a
+    trial's score is the score of the weights it keeps, and best.yaml retrains the same rule).
+    A different non-default ``train.select_by`` beside it is a contradiction."""
+    metric, select_by = cfg.sweep.metric, cfg.train.select_by
+    if metric not in VALIDATORS:
+        return
+    if select_by not in (DEFAULT_VALIDATOR, metric):
+        raise ConfigError(f"sweep.metric={metric} selects trials and checkpoints by {metric}, "
+                          f"but train.select_by={select_by}; drop one of them")
+    cfg.train.select_by = metric
+
+
+def tune_metric(metric: str) -> str:
+    """The reported key Tune, ASHA and the study climb for ``sweep.metric``: a validator's
+    name climbs ``best_score``, which the loop computes for train.select_by=<that validator>."""
+    return BEST_SCORE if metric in VALIDATORS else metric
 
 
 def training_config(cfg: DictConfig) -> DictConfig:
@@ -103,8 +125,8 @@ def check_sweep(cfg: DictConfig) -> None:
     """Rules of the sweep section that a schema cannot express."""
     s = cfg.sweep
     if s.metric not in LABEL_FREE_METRICS:
-        raise ConfigError(f"sweep.metric={s.metric!r} is not a label-free metric "
-                          f"{list(LABEL_FREE_METRICS)}; target accuracy is reported as the "
+        raise ConfigError(f"sweep.metric={s.metric!r} is not a label-free metric: choose one "
+                          f"of {list(LABEL_FREE_METRICS)}; target accuracy is reported as the "
                           "oracle_target_acc column and never optimised")
     for key, allowed in (("sweep.sampler", SAMPLERS), ("sweep.scheduler", SCHEDULERS)):
         value = OmegaConf.select(cfg, key)

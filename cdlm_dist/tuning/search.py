@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cdlm_dist.config import ConfigError
+from cdlm_dist.tuning.config import tune_metric
 from cdlm_dist.tuning.trainable import (
     EPOCH,
     RECORDED_METRICS,
@@ -116,7 +117,7 @@ def make_searcher(cfg: DictConfig, space: dict[str, Any], storage, experiment: s
     import optuna
     from ray.tune.search import Searcher
 
-    metric = cfg.sweep.metric
+    metric = tune_metric(cfg.sweep.metric)
 
     class StudySearch(Searcher):
         """Tune's side of the study, on Optuna's public ask/tell API (Ray's OptunaSearch keeps
@@ -209,7 +210,7 @@ def make_scheduler(cfg: DictConfig, epochs: int, study):
                 return TrialScheduler.CONTINUE
             return super().on_trial_result(tune_controller, trial, result)
 
-    scheduler = LastEpochASHA(time_attr=EPOCH, metric=cfg.sweep.metric, mode="max",
+    scheduler = LastEpochASHA(time_attr=EPOCH, metric=tune_metric(cfg.sweep.metric), mode="max",
                               max_t=epochs, grace_period=cfg.sweep.grace_period,
                               reduction_factor=cfg.sweep.reduction_factor)
     seed_asha_rungs(scheduler, finished_trials(study))
