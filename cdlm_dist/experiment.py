@@ -52,7 +52,8 @@ def run_experiment(overrides: list[str], with_baseline: bool | None = None,
     preflight(cfg)  # the cluster can host the workers, the device exists: before any write
     save_config(cfg, run_dir)
     log(f"run {cfg.name}: {' -> '.join(d.name for d in domains)} "
-        f"(train sizes {[len(d.train) for d in domains]}), runner={cfg.runner.name}, "
+        f"(train sizes {[len(d.train) or 'streamed' for d in domains]}), "
+        f"runner={cfg.runner.name}, "
         f"run_dir={run_dir}")
     start = time.time()
     result = get_runner(cfg.runner.name)(cfg, domains, run_dir)

@@ -2,19 +2,19 @@
 hold in every worker's memory.
 
 The driver builds one Ray Data pipeline per domain over its prepared shards
-(:mod:`cdlm_dist.data.shards`): read the train shards in a per-epoch seeded file order, drop the
-rows held out for validation (or left out by ``data.max_train_per_domain``), decode, resize and
-augment in ``map_batches`` on Ray Data's CPU workers. Ray Train gives each worker an equal
-shard of every pipeline (``get_dataset_shard``), and :class:`RayDataStream` turns them into the
-same ``[(x_k, y_k)]`` per step that :class:`~cdlm_dist.data.streams.MultiDomainStream` yields,
+(:mod:`cdlm_dist.data.shards`): read the train shards' row groups in a per-epoch seeded order,
+drop the rows held out for validation (or left out by ``data.max_train_per_domain``), decode,
+resize and augment in ``map_batches`` on Ray Data's CPU workers. Ray Train gives each worker an
+equal shard of every pipeline (``get_dataset_shard``), and :class:`RayDataStream` turns them into
+the same ``[(x_k, y_k)]`` per step that :class:`~cdlm_dist.data.streams.MultiDomainStream` yields,
 so ``train_step`` and the loop do not know which loader runs.
 
 What resume keeps (ARCHITECTURE.md, "Streaming with Ray Data"): each domain's epoch is a function
 of the step (``step // batches_per_epoch``, exactly as in memory), so every domain cycles on its
 own epoch counter and the epoch boundaries are the same steps after a restart; each epoch's
 shuffle-buffer seed is a function of (seed, domain, epoch, rank). Which rows fill the rest of an
-interrupted epoch, the file order (Ray counts executions, and a restart counts from 0 again) and
-the augmentation draws are not restored.
+interrupted epoch, the row-group order (Ray counts executions, and a restart counts from 0 again)
+and the augmentation draws are not restored.
 
 Validation and test splits stay in memory (they are evaluated every ``train.eval_every``), the
 same rows the in-memory path would pick; ``data.max_test_per_domain`` bounds them.
@@ -125,8 +125,8 @@ def load_streamed_domains(cfg: DataConfig, seed: int = 0) -> list[DomainData]:
     check_eval_size(cfg, rows)
     classes = {r.manifest["num_classes"] for r in rows}
     if len(classes) != 1:
-        raise ConfigError(f"domains disagree on the number of classes: "
-                          f"{ {d.name: r.manifest['num_classes'] for d, r in zip(cfg.domains, rows)} }")
+        counts = {d.name: r.manifest["num_classes"] for d, r in zip(cfg.domains, rows)}
+        raise ConfigError(f"domains disagree on the number of classes: {counts}")
     empty = Split(torch.empty((0, cfg.channels, cfg.image_size, cfg.image_size),
                               dtype=torch.uint8), torch.empty(0, dtype=torch.long))
     domains = []
@@ -164,25 +164,49 @@ def decode_batch(batch: dict[str, np.ndarray], keep: np.ndarray, size: int, chan
                   for b in blobs]
     x = (to_format(torch.stack(images), size, channels) if images
          else torch.empty((0, channels, size, size), dtype=torch.uint8))
-    return {"image": x.numpy(), "label": batch["label"][mask].astype(np.int64)}
+    return {"image": x.numpy(), "label": batch["label"][mask].astype(np.int64),
+            "index": batch["index"][mask].astype(np.int64)}  # which rows: for checks
+
+
+def read_row_groups(items: dict[str, np.ndarray], keep: np.ndarray, size: int, channels: int,
+                    augment: str) -> dict[str, np.ndarray]:
+    """Ray Data's map_batches over (file, row group) items: read them, then :func:`decode_batch`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables(
+        pq.ParquetFile(str(f)).read_row_group(int(g), columns=["image", "label", "index"])
+        for f, g in zip(items["file"], items["row_group"]))
+    blobs = np.empty(table.num_rows, dtype=object)  # bytes objects: numpy's "S" would strip
+    blobs[:] = table.column("image").to_pylist()  # trailing zero bytes off the images
+    batch = {"image": blobs, "label": table.column("label").to_numpy(),
+             "index": table.column("index").to_numpy()}
+    return decode_batch(batch, keep, size, channels, augment)
 
 
 def build_datasets(cfg: Any) -> dict[str, Any]:
-    """One Ray Data pipeline per domain of ``cfg.data``, named :func:`dataset_name`."""
+    """One Ray Data pipeline per domain of ``cfg.data``, named :func:`dataset_name`.
+
+    Its input is the list of (shard, row group) pairs, in a seeded order that changes every
+    execution (epoch); each task reads and decodes one row group. (``read_parquet`` costs
+    seconds of planning per execution, which a pass per epoch repeats.)
+    """
+    import pyarrow.parquet as pq
     import ray.data
 
     data = cfg.data
     datasets = {}
     for k, rows in enumerate(all_domain_rows(data, cfg.train.seed)):
-        files = split_files(rows.folder, rows.manifest, "train")
-        order = ray.data.FileShuffleConfig(seed=cfg.train.seed + DOMAIN_STRIDE * k,
-                                           reseed_after_execution=True)  # a new order each epoch
-        ds = ray.data.read_parquet(files, shuffle=order).select_columns(
-            ["image", "label", "index"])
-        datasets[dataset_name(k)] = ds.map_batches(
-            functools.partial(decode_batch, keep=rows.train, size=data.image_size,
+        items = [{"file": f, "row_group": g}
+                 for f in split_files(rows.folder, rows.manifest, "train")
+                 for g in range(pq.ParquetFile(f).num_row_groups)]
+        order = ray.data.RandomSeedConfig(seed=cfg.train.seed + DOMAIN_STRIDE * k,
+                                          reseed_after_execution=True)  # a new order each epoch
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        datasets[dataset_name(k)] = ds.randomize_block_order(seed=order).map_batches(
+            functools.partial(read_row_groups, keep=rows.train, size=data.image_size,
                               channels=data.channels, augment=data.augment),
-            batch_format="numpy", batch_size=rows.manifest["row_group_rows"])
+            batch_format="numpy", batch_size=1)
     return datasets
 
 
@@ -218,7 +242,7 @@ class RayDataStream:
         self.seeds = [seed + DOMAIN_STRIDE * k for k in range(len(shards))]
         self.shuffle_buffer = shuffle_buffer
         self.rank = rank
-        self._epochs = [-1] * len(shards)
+        self.epochs = [-1] * len(shards)  # the epoch each domain's current pass belongs to
         self._passes: list[Any] = [None] * len(shards)
 
     def shuffle_seed(self, k: int, epoch: int) -> int:
@@ -231,11 +255,11 @@ class RayDataStream:
             batch_size=self.local_batch, drop_last=True, device="cpu",
             local_shuffle_buffer_size=self.shuffle_buffer,
             local_shuffle_seed=self.shuffle_seed(k, epoch)))
-        self._epochs[k] = epoch
+        self.epochs[k] = epoch
 
     def _next(self, k: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch = step // self.batches_per_epoch[k]
-        if epoch != self._epochs[k]:
+        if epoch != self.epochs[k]:
             self._start(k, epoch)
         batch = next(self._passes[k], None)
         if batch is None:

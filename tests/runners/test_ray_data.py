@@ -39,8 +39,8 @@ def prepared(tmp_path: Path, jpeg_tree) -> tuple[Path, float]:
 
 
 def _data(root: Path, *extra: str) -> list[str]:
-    spec = ", ".join(f"{{name: 'imagefolder:OfficeHome/{d}', labelled: {str(d != 'Product').lower()}}}"
-                     for d in DOMAINS)
+    spec = ", ".join(f"{{name: 'imagefolder:OfficeHome/{d}', "
+                     f"labelled: {str(d != 'Product').lower()}}}" for d in DOMAINS)
     return [f"data.domains=[{spec}]", f"data.root={root}", f"data.image_size={SIZE}",
             "data.channels=3", "model=lenet", *extra]
 
@@ -101,3 +101,41 @@ def test_an_interrupted_streamed_run_resumes_at_its_checkpoint(
 
     assert summary["steps"] == STEPS
     _assert_steps_once_and_redone_after(tmp_path / "run", restart)
+
+
+def test_each_domain_cycles_on_its_own_epochs_and_a_pass_is_its_train_rows(
+        ray_local, jpeg_tree, tmp_path: Path) -> None:
+    """Without Ray Train (one worker): domains of different sizes change epoch at their own
+    steps, a pass yields exactly the rows that train (no validation row), and a stream
+    started mid-run (a resume) is in the same epochs at the same steps."""
+    from cdlm_dist.data.ray_stream import RayDataStream, all_domain_rows, build_datasets
+
+    root = tmp_path / "data"
+    jpeg_tree(root / "OfficeHome", ["Art"], 3, 6)  # 13 train rows: 3 batches of 4
+    jpeg_tree(root / "OfficeHome", ["Clipart"], 3, 4, seed=1)  # 9 train rows: 2 batches
+    spec = ("[{name: 'imagefolder:OfficeHome/Art', labelled: true}, "
+            "{name: 'imagefolder:OfficeHome/Clipart'}]")
+    cfg = compose([f"data.domains={spec}", f"data.root={root}", "data.image_size=16",
+                   "data.channels=3", "model=lenet", "runner=ray", "runner.num_workers=1",
+                   "data.loader=ray_data", "data.batch_size=4"])
+    prepare_sharded(cfg, root / "prepared", rows_per_shard=8, row_group_rows=4)
+    rows = all_domain_rows(cfg.data, cfg.train.seed)
+    datasets = build_datasets(cfg)
+    for ds, r in zip(datasets.values(), rows):  # one pass = every train row once, nothing else
+        seen = [int(i) for b in ds.iter_batches(batch_size=None) for i in b["index"]]
+        assert sorted(seen) == r.train.tolist() and not set(seen) & set(r.val.tolist())
+    shards = [ds.iterator() for ds in datasets.values()]
+    stream = RayDataStream(shards, [len(r.train) for r in rows], 4, cfg.train.seed, 8)
+    assert stream.batches_per_epoch == [len(r.train) // 4 for r in rows]
+    assert stream.batches_per_epoch[0] != stream.batches_per_epoch[1]
+    steps = 2 * max(stream.batches_per_epoch)  # each Ray Data pass costs seconds here
+    epochs = []
+    for step in range(steps):
+        batch = stream.batch(step)
+        assert [tuple(x.shape) for x, _ in batch] == [(4, 3, 16, 16)] * 2
+        epochs.append(list(stream.epochs))
+    assert epochs == [[s // n for n in stream.batches_per_epoch] for s in range(steps)]
+    resumed = RayDataStream(shards, [len(r.train) for r in rows], 4, cfg.train.seed, 8)
+    for step in range(steps - 2, steps):
+        resumed.batch(step)
+        assert resumed.epochs == epochs[step]
