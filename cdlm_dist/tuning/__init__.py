@@ -10,11 +10,11 @@ test accuracy is therefore carried only as ``oracle_target_acc`` (the target acc
 selected weights) for analysis, and ``sweep.metric`` rejects anything but label-free metrics.
 
 Source validation accuracy is blind to alignment: a large ``l_adv`` can keep source accuracy
-while hurting the target, so it is biased towards small adversarial weights. A better
-unsupervised validator would be importance-weighted validation (DEV, You et al. 2019, which
-reweights source validation losses by a domain classifier's density ratio) or the entropy of
-target predictions; both are natural next metrics for ``LABEL_FREE_METRICS`` but need extra
-evaluation code in the loop, so the sweep uses the core's score as is.
+while hurting the target, so it is biased towards small adversarial weights. The label-free
+validators of :mod:`cdlm_dist.evaluation.validators` (entropy, IM, SND, DEV, acc_im) look at the
+target too: ``sweep.metric=<validator>`` makes every trial select its checkpoint by it
+(``train.select_by``) and the sweep climb that ``best_score``. Which one tracks target accuracy
+is measured by ``benchmarks/validators.py``; the default stays source validation accuracy.
 
 Modules: config (the ``sweep`` section), space (search-space validation), trainable (one trial:
 the same ``fit`` loop through a Tune context), search (study, searcher, scheduler, resume),
