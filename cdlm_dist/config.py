@@ -168,6 +168,20 @@ class RunnerConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where a run's curves, images and config go besides its run directory (tracking.py).
+
+    TensorBoard events (run_dir/tb) are written whenever the package is installed, unless
+    backend=none; backend=mlflow also logs to an MLflow tracking server."""
+
+    backend: str = "tensorboard"  # "tensorboard" | "mlflow" (+ TensorBoard) | "none"
+    uri: str = ""  # MLflow tracking URI (http://host:5000, file:./mlruns); "" = MLflow's default
+    experiment: str = ""  # MLflow experiment; "" = "cdlm" (cdlm-train) or the sweep's study name
+    image_rows: int = 4  # images per domain in the grid logged at each evaluation; 0 = none
+    checkpoint: bool = True  # mlflow: log the selected weights (selected.pt) as an artifact
+
+
+@dataclass
 class Config:
     """Everything one training run needs; saved as config.yaml in its run directory."""
 
@@ -181,6 +195,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -199,6 +214,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "runner.backend": ("auto", "gloo", "nccl"),
     "data.loader": ("memory", "ray_data"),
     "data.augment": ("none", "imagenet"),
+    "tracking.backend": ("tensorboard", "mlflow", "none"),
 }
 
 

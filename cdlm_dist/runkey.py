@@ -33,11 +33,13 @@ def source_digest() -> str:
 
 def config_key(cfg: Any, length: int = 12) -> str:
     """Hash of a composed config (location keys ignored) + the package source."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     cfg = copy.deepcopy(cfg)
     for key, value in IGNORED.items():
         OmegaConf.update(cfg, key, value, merge=False)
+    with open_dict(cfg):
+        cfg.pop("tracking", None)  # where curves are sent changes nothing a run computes
     text = OmegaConf.to_yaml(cfg, resolve=True)
     return hashlib.sha256((text + source_digest()).encode()).hexdigest()[:length]
 

@@ -32,12 +32,16 @@ Runner = Callable[[Config, list[DomainData], Path, "TuneTrial | None"], TrainRes
 
 
 def preflight(cfg: Config) -> None:
-    """The runner's checks that must pass before anything is written: the device exists, and
-    for runner=ray the backend fits the workers and the cluster can host them."""
+    """The runner's checks that must pass before anything is written: the device exists, for
+    runner=ray the backend fits the workers and the cluster can host them, and with
+    tracking=mlflow the tracking server answers."""
     import torch
 
     from cdlm_dist.config import ConfigError
+    from cdlm_dist.tracking import preflight as tracking_preflight
     from cdlm_dist.training.context import resolve_device
+
+    tracking_preflight(cfg)
 
     if cfg.runner.name == "ray":
         from cdlm_dist.runners.ray_train import preflight as ray_preflight

@@ -30,6 +30,7 @@ from cdlm_dist.evaluation.accuracy import Predictions, predict, test_stats
 from cdlm_dist.evaluation.validators import EvalPass, score_all, validator_key
 from cdlm_dist.model.cdlm import CDLM, build_model
 from cdlm_dist.model.sync_norm import convert_sync_batchnorm
+from cdlm_dist.tracking import open_live
 from cdlm_dist.training.checkpoint import rng_state, set_rng_state
 from cdlm_dist.training.context import METRICS_LOG, RunContext, read_log
 from cdlm_dist.training.selection import EVAL_SCORE, Selection, progress_metrics
@@ -138,6 +139,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
         stream = MultiDomainStream([d.train for d in domains], cfg.data.batch_size,
                                    cfg.train.seed, ctx.rank, ctx.world_size)
     config_yaml = OmegaConf.to_yaml(cfg)
+    ctx.tracking = open_live(cfg, ctx.run_dir, start, ctx.is_main, ctx.live_log)
     bar = _progress_bar(cfg, start, enabled=progress and ctx.is_main)
     running: dict[str, list[torch.Tensor]] = defaultdict(list)
     last_eval: dict[str, float] = history[-1] if history else {}
@@ -166,6 +168,8 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
             history.append(last_eval)
             _log(rows, ctx, done, {f"eval/{k}": v for k, v in last_eval.items() if k != "step"})
             selection.update(done, last_eval[EVAL_SCORE], model)
+            if ctx.tracking is not None:  # main rank, at evaluations only: off the hot path
+                ctx.tracking.grid(model, domains, done)
         if done % cfg.train.checkpoint_every == 0 or final:
             state = None
             if ctx.is_main:
@@ -178,6 +182,8 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
             bar.update(1)
     if bar is not None:
         bar.close()
+    if ctx.tracking is not None:
+        ctx.tracking.close()
     if start >= cfg.train.steps:  # resumed at the end: nothing ran, but the result must reach
         ctx.report(start, progress_metrics(history, start, cfg.train.checkpoint_every), None)
     final_state = _cpu_state(model)

@@ -24,6 +24,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cdlm_dist.config import ConfigError
+from cdlm_dist.tracking import SweepTracking
+from cdlm_dist.tracking import preflight as tracking_preflight
 from cdlm_dist.tuning.config import num_epochs, sweep_dir, training_config
 from cdlm_dist.tuning.results import export_results
 from cdlm_dist.tuning.search import (
@@ -51,6 +53,7 @@ def run_sweep(cfg: DictConfig, log: Callable[[str], Any] = print) -> dict[str, A
     start = time.time()
     train_cfg = training_config(cfg)
     params = parse_space(cfg.sweep.space, train_cfg)  # every space error, before Ray starts
+    tracking_preflight(cfg)  # tracking=mlflow: the server answers, before anything is written
     directory = sweep_dir(cfg)
     directory.mkdir(parents=True, exist_ok=True)
     check_same_sweep(cfg, directory)
@@ -63,11 +66,14 @@ def run_sweep(cfg: DictConfig, log: Callable[[str], Any] = print) -> dict[str, A
         f"study ({storage_label(cfg)})"
         + (f", {recovered} requeued from a killed driver" if recovered else "")
         + (f"; running {remaining} in {directory / experiment}" if remaining else ""))
+    tracking = SweepTracking.start(cfg, directory)  # MLflow: the parent run of the trials
     if remaining:
-        _tune(cfg, train_cfg, params, study, storage, directory, experiment, remaining, log)
+        _tune(cfg, train_cfg, params, study, storage, directory, experiment, remaining, log,
+              tracking.child_spec())
     summary = export_results(study, params, cfg, train_cfg, directory)
     summary |= {"ran_now": remaining, "recovered": recovered,
                 "wall_seconds": round(time.time() - start, 1)}
+    tracking.finish(summary)
     if summary["finished"] < cfg.sweep.num_samples:
         log(f"sweep {cfg.sweep.study_name}: only {summary['finished']} of "
             f"{cfg.sweep.num_samples} trials finished ({summary['failed']} failed); run the same "
@@ -76,7 +82,8 @@ def run_sweep(cfg: DictConfig, log: Callable[[str], Any] = print) -> dict[str, A
 
 
 def _tune(cfg: DictConfig, train_cfg: DictConfig, params: list, study, storage,
-          directory: Path, experiment: str, remaining: int, log: Callable[[str], Any]) -> None:
+          directory: Path, experiment: str, remaining: int, log: Callable[[str], Any],
+          tracking_parent: dict[str, str] | None = None) -> None:
     from ray import tune
 
     from cdlm_dist.data.domains import load_domains
@@ -88,7 +95,8 @@ def _tune(cfg: DictConfig, train_cfg: DictConfig, params: list, study, storage,
     trials_so_far = len(study.get_trials(deepcopy=False))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=train_cfg, domains=domains,
-                             trial_cpus=s.trial_cpus, experiment_dir=str(directory / experiment)),
+                             trial_cpus=s.trial_cpus, experiment_dir=str(directory / experiment),
+                             tracking_parent=tracking_parent),
         {"cpu": s.trial_cpus, "gpu": s.trial_gpus})
     tuner = tune.Tuner(
         trainable,

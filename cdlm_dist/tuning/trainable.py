@@ -20,8 +20,9 @@ from omegaconf import DictConfig
 from cdlm_dist.data.domains import DomainData
 from cdlm_dist.runners import TuneTrial, get_runner
 from cdlm_dist.runners.session import STATE_FILE
+from cdlm_dist.tracking import RunTracking
 from cdlm_dist.training.context import set_threads
-from cdlm_dist.training.selection import BEST_SCORE, EVAL_SCORE, ORACLE
+from cdlm_dist.training.selection import BEST_SCORE, EVAL_SCORE, ORACLE, selection_summary
 from cdlm_dist.tuning.config import apply_params
 
 EPOCH = "epoch"
@@ -43,9 +44,11 @@ def has_checkpoint(trial_dir: Path) -> bool:
 
 
 def run_trial(config: dict[str, Any], base: DictConfig, domains: list[DomainData],
-              trial_cpus: float, experiment_dir: str) -> None:
+              trial_cpus: float, experiment_dir: str,
+              tracking_parent: dict[str, str] | None = None) -> None:
     """Tune's function trainable: ``config`` holds the sampled parameters (dotted keys);
-    ``experiment_dir`` is this Tune experiment's folder in the sweep directory."""
+    ``experiment_dir`` is this Tune experiment's folder in the sweep directory;
+    ``tracking_parent``: the sweep's MLflow run, of which this trial's run is a child."""
     from ray import tune
 
     params = dict(config)
@@ -62,4 +65,13 @@ def run_trial(config: dict[str, Any], base: DictConfig, domains: list[DomainData
         cfg.name = f"{cfg.name}_{home.name}"
         cfg.runner.storage_path = str(home / NESTED_SUBDIR)
         resume_from = None
-    get_runner(cfg.runner.name)(cfg, domains, run_dir, TuneTrial(resume_from))
+    if cfg.tracking.backend == "mlflow" and tracking_parent is None:
+        cfg.tracking.backend = "tensorboard"  # the sweep has no MLflow run (it has warned)
+    tracking = RunTracking.start(cfg, run_dir, tracking_parent,
+                                 trial_dir_name(tune.get_context().get_trial_id()))
+    try:
+        result = get_runner(cfg.runner.name)(cfg, domains, run_dir, TuneTrial(resume_from))
+    except Exception:
+        tracking.fail()  # Tune may retry it; the retry reopens the same MLflow run
+        raise
+    tracking.finish(result, selection_summary(result.history), files=False)
