@@ -21,6 +21,7 @@ from cdlm_dist.config import Config, compose
 from cdlm_dist.data.domains import DomainData, load_domains
 from cdlm_dist.model.cdlm import build_model
 from cdlm_dist.runners import get_runner, preflight
+from cdlm_dist.tracking import RunTracking
 from cdlm_dist.training.context import METRICS_LOG, resolve_device, write_log
 from cdlm_dist.training.loop import TrainResult
 from cdlm_dist.training.selection import selection_summary
@@ -51,12 +52,17 @@ def run_experiment(overrides: list[str], with_baseline: bool | None = None,
     domains = load_domains(cfg.data, cfg.train.seed)  # fails fast on a missing dataset
     preflight(cfg)  # the cluster can host the workers, the device exists: before any write
     save_config(cfg, run_dir)
+    tracking = RunTracking.start(cfg, run_dir)  # MLflow: the run and its params (tracking.py)
     log(f"run {cfg.name}: {' -> '.join(d.name for d in domains)} "
         f"(train sizes {[len(d.train) or 'streamed' for d in domains]}), "
         f"runner={cfg.runner.name}, "
         f"run_dir={run_dir}")
     start = time.time()
-    result = get_runner(cfg.runner.name)(cfg, domains, run_dir)
+    try:
+        result = get_runner(cfg.runner.name)(cfg, domains, run_dir)
+    except BaseException:
+        tracking.fail()
+        raise
     train_seconds = time.time() - start
     write_log(run_dir / METRICS_LOG, result.log)  # the complete series, whatever node logged
     summary = {"name": cfg.name, "method": cfg.method, "preset": cfg.data.preset,
@@ -73,6 +79,7 @@ def run_experiment(overrides: list[str], with_baseline: bool | None = None,
         summary |= source_only_baseline(overrides, log)
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     write_metrics_parquet(result.log, run_dir)
+    tracking.finish(result, summary)
     return summary
 
 
