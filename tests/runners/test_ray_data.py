@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from cdlm_dist.config import ConfigError, compose
@@ -105,9 +106,10 @@ def test_an_interrupted_streamed_run_resumes_at_its_checkpoint(
 
 def test_each_domain_cycles_on_its_own_epochs_and_a_pass_is_its_train_rows(
         ray_local, jpeg_tree, tmp_path: Path) -> None:
-    """Without Ray Train (one worker): domains of different sizes change epoch at their own
-    steps, a pass yields exactly the rows that train (no validation row), and a stream
-    started mid-run (a resume) is in the same epochs at the same steps."""
+    """Without Ray Train (one worker): `prepare --ray` writes what a plain prepare writes;
+    domains of different sizes change epoch at their own steps, a pass yields exactly the rows
+    that train (no validation row), and a stream started mid-run (a resume) is in the same
+    epochs at the same steps."""
     from cdlm_dist.data.ray_stream import RayDataStream, all_domain_rows, build_datasets
 
     root = tmp_path / "data"
@@ -118,7 +120,11 @@ def test_each_domain_cycles_on_its_own_epochs_and_a_pass_is_its_train_rows(
     cfg = compose([f"data.domains={spec}", f"data.root={root}", "data.image_size=16",
                    "data.channels=3", "model=lenet", "runner=ray", "runner.num_workers=1",
                    "data.loader=ray_data", "data.batch_size=4"])
-    prepare_sharded(cfg, root / "prepared", rows_per_shard=8, row_group_rows=4)
+    prepare_sharded(cfg, root / "prepared", rows_per_shard=8, row_group_rows=4, use_ray=True)
+    prepare_sharded(cfg, root / "local", rows_per_shard=8, row_group_rows=4)
+    for ray_file in sorted((root / "prepared").rglob("*.parquet")):  # Ray Data tasks wrote
+        local = pq.read_table(root / "local" / ray_file.relative_to(root / "prepared"))
+        assert pq.read_table(ray_file).equals(local)  # what this process writes
     rows = all_domain_rows(cfg.data, cfg.train.seed)
     datasets = build_datasets(cfg)
     for ds, r in zip(datasets.values(), rows):  # one pass = every train row once, nothing else
