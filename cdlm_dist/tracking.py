@@ -186,7 +186,9 @@ class MlflowTracker:
                             self.client.log_artifact(self.run_id, str(p), f or None))
 
     def close(self, status: str = "FINISHED") -> None:
-        self._guard("the run's status", lambda: self.client.set_terminated(self.run_id, status))
+        if status != "RUNNING":  # the live half leaves the status to the driver
+            self._guard("the run's status",
+                        lambda: self.client.set_terminated(self.run_id, status))
 
 
 def _check_server(uri: str) -> None:
@@ -235,7 +237,11 @@ def preflight(cfg: Any) -> None:
 
 def _experiment_id(client: Any, name: str) -> str:
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found is not None else client.create_experiment(name)
+    if found is not None:
+        return found.experiment_id
+    # MLflow 3's UI opens an experiment on its GenAI pages unless it is marked as training
+    return client.create_experiment(name, tags={"mlflow.experimentKind":
+                                                "custom_model_development"})
 
 
 # ---- the registry ------------------------------------------------------------------------------

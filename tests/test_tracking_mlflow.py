@@ -125,13 +125,13 @@ def test_a_server_killed_mid_run_warns_once_and_the_run_finishes(tmp_path, caplo
     killer = threading.Thread(target=kill_after_first_rows)
     killer.start()
     with caplog.at_level(logging.WARNING, logger="cdlm_dist.tracking"):
-        summary = run_experiment(mlflow_overrides(uri, run_dir, "train.steps=30",
-                                                  "train.eval_every=10",
-                                                  "train.checkpoint_every=10"),
+        summary = run_experiment(mlflow_overrides(uri, run_dir, "train.steps=16",
+                                                  "train.eval_every=8",
+                                                  "train.checkpoint_every=8"),
                                  log=lambda *_: None)
     killer.join()
-    assert summary["steps"] == 30 and (run_dir / "summary.json").exists()
-    assert max(r["step"] for r in read_log(run_dir / METRICS_LOG)) == 30
+    assert summary["steps"] == 16 and (run_dir / "summary.json").exists()
+    assert max(r["step"] for r in read_log(run_dir / METRICS_LOG)) == 16
     warnings = [r.getMessage() for r in caplog.records if "MLflow" in r.getMessage()]
     assert len(warnings) == 1 and "training goes on" in warnings[0], warnings
 
