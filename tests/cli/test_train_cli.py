@@ -25,8 +25,9 @@ def test_train_writes_a_complete_run_directory_with_baseline(tiny_overrides, cap
     metrics = pd.read_parquet(run_dir / "metrics.parquet")
     assert list(metrics["step"]) == [2, 3, 4, 6]
     assert (run_dir / "checkpoints" / "step_0000006.pt").exists()
-    base = json.loads((run_dir / "baseline_source_only" / "summary.json").read_text())
+    base = json.loads((Path(summary["baseline_source_only_run"]) / "summary.json").read_text())
     assert base["method"] == "source_only"
+    assert Path(summary["baseline_source_only_run"]).parent == run_dir.parent / "baselines"
 
 
 def test_second_start_resumes_instead_of_retraining(tiny_overrides):
