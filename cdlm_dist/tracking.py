@@ -337,10 +337,11 @@ class LiveTracking:
         from cdlm_dist.evaluation.metrics import evenly_spaced
         from cdlm_dist.evaluation.plots import translation_grid
 
-        device = next(model.parameters()).device
+        param = next(model.parameters())  # the model's device and dtype (float64 in tests)
         if self._grid_inputs is None:
             self._grid_inputs = [
-                (d.test.images[evenly_spaced(len(d.test), rows)].float() / 255.0).to(device)
+                (d.test.images[evenly_spaced(len(d.test), rows)].float() / 255.0).to(
+                    device=param.device, dtype=param.dtype)
                 for d in domains]
         image = _grid_array(lambda path: translation_grid(model, self._grid_inputs, path))
         for tracker in self.trackers:
