@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from cdlm_dist.tracking import TB_SUBDIR
 from tests.runners.multinode_run import LAYOUTS
 
 pytestmark = pytest.mark.ray
@@ -32,7 +33,19 @@ def _drop(node, keys):
 
 
 def _files(run_dir: Path) -> set[str]:
-    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+    """The run directory's files, TensorBoard's aside (their names carry a time and a pid)."""
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
+            if p.is_file() and p.parent.name != TB_SUBDIR}
+
+
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar series of a run, read back with TensorBoard's event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / TB_SUBDIR), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"] if tag.removeprefix("summary/") not in TIME_KEYS}
 
 
 def test_ranks_on_other_nodes_give_the_same_run_directory_as_one_node(tmp_path: Path) -> None:
@@ -55,5 +68,7 @@ def test_ranks_on_other_nodes_give_the_same_run_directory_as_one_node(tmp_path: 
     frames = [pd.read_parquet(d / "metrics.parquet").drop(columns="wall_time")
               for d in (multi, single)]
     pd.testing.assert_frame_equal(frames[0], frames[1])
+    # the driver backfills TensorBoard from the result: the same curves as rank 0's live writer
+    assert _scalars(multi) == _scalars(single) and "loss/total" in _scalars(multi)
     configs = [yaml.safe_load((d / "config.yaml").read_text()) for d in (multi, single)]
     assert _drop(configs[0], LOCATION_KEYS) == _drop(configs[1], LOCATION_KEYS)
