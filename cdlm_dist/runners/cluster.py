@@ -22,8 +22,8 @@ def connect_ray(runner: Any, need_cpus: float = 0, dashboard: bool = False) -> N
 
     A private instance gets ``runner.num_cpus`` logical CPUs (0: the machine's, or ``need_cpus``
     if more: logical CPUs only gate scheduling, and one-CPU workers must fit even on 2 cores).
-    ``dashboard``: sweeps of runner=ray trials need it, because Ray Train's placement-group
-    cleaner uses its state API to free a stopped trial's workers.
+    ``dashboard``: every Ray Train run wants it: Ray Train's placement-group cleaner uses its
+    state API (to free a stopped trial's workers, and it warns every second without it).
     """
     import ray
 

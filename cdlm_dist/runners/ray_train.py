@@ -70,7 +70,9 @@ def preflight(cfg: Config) -> str:
 
     runner = cfg.runner
     backend = resolve_backend(runner)
-    connect_ray(runner, need_cpus=runner.num_workers * runner.cpus_per_worker)
+    # the dashboard serves the state API that Ray Train's placement-group cleaner polls every
+    # second; without it a local run prints a warning per second ("State API may be unavailable")
+    connect_ray(runner, need_cpus=runner.num_workers * runner.cpus_per_worker, dashboard=True)
     check_resources(runner, ray.cluster_resources())
     return backend
 

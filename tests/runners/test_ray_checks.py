@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -44,3 +45,19 @@ def test_storage_defaults_to_an_absolute_folder_in_the_run_dir_and_keeps_uris(
     assert resolve_storage(_runner(storage_path="s3://bucket/cdlm"), Path("r")) == \
         "s3://bucket/cdlm"
     assert resolve_storage(_runner(storage_path="rel"), Path("r")) == str(tmp_path / "rel")
+
+
+def test_a_private_instance_for_ray_train_gets_the_dashboard(monkeypatch) -> None:
+    """Ray Train's placement-group cleaner polls the state API every second; without the
+    dashboard a local run prints a warning each time."""
+    import ray
+
+    from cdlm_dist.runners.ray_train import preflight
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    cfg = SimpleNamespace(runner=_runner(num_workers=2, num_cpus=0))
+    assert preflight(cfg) == "gloo"
+    assert calls and calls[0]["include_dashboard"] is True and calls[0]["address"] == "local"
