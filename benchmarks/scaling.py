@@ -19,6 +19,15 @@ with the same ``train.num_threads``, so (a) and (b) compare like with like.
 - the data loader's throughput is the batch stream alone (no model) at the global batch
 
 Writes <out>/scaling.parquet, <out>/scaling.md and <out>/scaling.png.
+
+``--override KEY=VALUE`` (repeatable) adds a config override to every case, e.g.
+``train.sync_batchnorm=false`` or ``model=lenet``.
+
+``--breakdown`` (no Ray): where one step's time goes at 1 and 2 workers (strong and weak). Each
+case is composed as runner=ray composes it, then run as a plain gloo group of processes with the
+loop's own setup (build_model, convert_sync_batchnorm, RunContext.wrap_model, train_step): timed
+steps, then ``--profile-steps`` under torch.profiler on every rank. Writes
+<out>/breakdown.md, <out>/breakdown.json and <out>/breakdown/<case>/rank<r>_profile.txt.
 """
 
 from __future__ import annotations
@@ -68,7 +77,7 @@ def overrides(args: argparse.Namespace, case: Case, run_dir: Path) -> list[str]:
             f"runner.num_workers={case.workers}", f"runner.cpus_per_worker={args.threads}",
             f"runner.use_gpu={str(args.use_gpu).lower()}",
             f"train.device={'cuda' if args.use_gpu else 'cpu'}",
-            f"name=scaling_{case.label}", f"run_dir={run_dir}"]
+            f"name=scaling_{case.label}", f"run_dir={run_dir}", *args.override]
 
 
 def window_seconds(run_dir: Path, warmup: int) -> list[float]:
@@ -190,6 +199,224 @@ def plot(df, path: Path) -> None:
     plt.close(fig)
 
 
+
+# --- --breakdown: where one step's time goes, without Ray ---------------------------------------
+
+# profiler events that are collectives, by the name torch gives them (CPU/gloo and nccl alike):
+# the functional all-gather of sync_norm (forward) and its reduce-scatter (its backward), their
+# waits, and DDP's gradient all-reduce (launched by the reducer, waited on at the end of backward)
+SYNC_OPS = ("_c10d_functional::all_gather_into_tensor", "_c10d_functional::reduce_scatter_tensor")
+WAIT_OP = "_c10d_functional::wait_tensor"
+ALLREDUCE_OP = "c10d::allreduce_"
+SCOPES = ("forward", "backward", "optimizer")
+
+
+def breakdown_cases(batch: int) -> list[Case]:
+    """1 worker, and 2 workers strong and weak, composed as runner=ray composes them (so
+    train.sync_batchnorm is Ray's default) but run as a plain gloo group: DDP without Ray."""
+    return cases(batch)[1:]
+
+
+class CommTimer:
+    """A DDP comm hook: torch's all-reduce hook, timed from its launch to its completion (on
+    gloo's thread, so it overlaps the backward); counts buckets."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def hook(self):
+        """The hook function (DDP checks its name and signature, so not a callable object)."""
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def timed_allreduce_hook(state, bucket):
+            start = time.perf_counter()
+            self.calls += 1
+
+            def done(fut):
+                self.seconds += time.perf_counter() - start
+                return fut.value()
+
+            return allreduce_hook(state, bucket).then(done)
+
+        return timed_allreduce_hook
+
+
+def _breakdown_rank(rank: int, world: int, init_file: str, cfg, domains, args: argparse.Namespace,
+                    out: str) -> None:
+    """One rank: the loop's model, DDP and SyncBatchNorm setup and its train_step; ``--steps``
+    timed steps (after ``--warmup``), then ``--profile-steps`` under torch.profiler."""
+    import torch
+    import torch.distributed as dist
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from cdlm_dist.data.streams import MultiDomainStream
+    from cdlm_dist.model.cdlm import build_model
+    from cdlm_dist.model.sync_norm import convert_sync_batchnorm
+    from cdlm_dist.training.context import RunContext
+    from cdlm_dist.training.loop import _reduce_means, seed_everything
+    from cdlm_dist.training.step import build_optimizer, train_step
+
+    torch.set_num_threads(args.threads)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world)
+    try:
+        seed_everything(cfg.train.seed)  # as fit() does, step for step
+        model = build_model(cfg, len(domains), domains[0].num_classes)
+        if cfg.train.sync_batchnorm and world > 1:
+            model = convert_sync_batchnorm(model)
+        optimizer = build_optimizer(model, cfg)
+        ctx = RunContext(Path(out) / "run", torch.device("cpu"))
+        train_model = ctx.wrap_model(model)
+        timer = CommTimer()
+        if world > 1:
+            train_model.register_comm_hook(None, timer.hook())
+        stream = MultiDomainStream([d.train for d in domains], cfg.data.batch_size,
+                                   cfg.train.seed, ctx.rank, ctx.world_size)
+        running: dict[str, list] = {}
+
+        def one_step(step: int) -> None:
+            with record_function("batch"):
+                batch = stream.batch(step, ctx.device)
+            pair_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+            noise_gen = torch.Generator().manual_seed((cfg.train.seed * 1_000_003 + step) * 1009
+                                                      + ctx.rank)
+            for k, v in train_step(train_model, optimizer, batch, step, cfg, pair_gen,
+                                   noise_gen).items():
+                running.setdefault(k, []).append(v)
+            if (step + 1) % cfg.train.log_every == 0:
+                with record_function("metrics"):  # the loop's one all-reduce per log line
+                    _reduce_means(running, ctx)
+                running.clear()
+
+        def barrier() -> None:
+            if world > 1:
+                dist.barrier()
+
+        for step in range(args.warmup):
+            one_step(step)
+        barrier()
+        start, calls0, secs0 = time.perf_counter(), timer.calls, timer.seconds
+        for step in range(args.warmup, args.steps):
+            one_step(step)
+        barrier()
+        timed = args.steps - args.warmup
+        step_s = (time.perf_counter() - start) / timed
+        comm = {"ddp_buckets": (timer.calls - calls0) / timed,
+                "ddp_allreduce_ms": 1000 * (timer.seconds - secs0) / timed}
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for step in range(args.steps, args.steps + args.profile_steps):
+                with record_function("step"):
+                    one_step(step)
+            barrier()
+            profiled_s = (time.perf_counter() - start) / args.profile_steps
+        table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=60)
+        (Path(out) / f"rank{rank}_profile.txt").write_text(table)
+        row = {"rank": rank, "world": world, "step_ms": 1000 * step_s,
+               "profiled_step_ms": 1000 * profiled_s, **comm,
+               **profile_split(prof.key_averages(), args.profile_steps)}
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(row))
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def profile_split(averages, steps: int) -> dict[str, float]:
+    """Per-step ms of the named scopes and of the collectives, and per-step call counts.
+
+    Inclusive CPU time of a scope is its wall time on this (single-threaded) rank. The
+    collectives nest inside the scopes: sync all-gathers inside forward, their backward
+    reduce-scatters and DDP's final wait inside backward. A collective's cost to the step is
+    its launch plus its wait (wait_tensor, or the reducer's wait at the end of backward).
+    """
+    by_name = {e.key: e for e in averages}
+
+    def ms(name: str) -> float:
+        e = by_name.get(name)
+        return e.cpu_time_total / 1000 / steps if e is not None else 0.0
+
+    def count(name: str) -> float:
+        e = by_name.get(name)
+        return e.count / steps if e is not None else 0.0
+
+    out = {f"{s}_ms": ms(s) for s in (*SCOPES, "batch", "metrics")}
+    out["syncs"] = count(SYNC_OPS[0]) + count(SYNC_OPS[1])
+    out["sync_ms"] = sum(ms(n) for n in SYNC_OPS) + ms(WAIT_OP)
+    out["allreduce_launch_ms"] = ms(ALLREDUCE_OP)  # DDP's buckets and the metrics all-reduce
+    out["other_ms"] = ms("step") - sum(out[f"{s}_ms"] for s in (*SCOPES, "batch", "metrics"))
+    return out
+
+
+def breakdown_table(rows: list[dict]) -> list[dict]:
+    """One row per case: the mean over its ranks; speed-up and efficiency against 1 worker."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows).drop(columns=["rank"])
+    keys = ["mode", "world", "global_batch", "per_worker_batch", "sync_batchnorm"]
+    table = df.groupby(keys, sort=False).mean().reset_index().to_dict("records")
+    one = next(r for r in table if r["world"] == 1)
+    for r in table:
+        r["speedup"] = one["step_ms"] / r["step_ms"] if r["mode"] == "strong" else float("nan")
+        r["weak_efficiency"] = one["step_ms"] / r["step_ms"] if r["mode"] == "weak" \
+            else float("nan")
+    return table
+
+
+BREAKDOWN_COLUMNS = {  # column: header (ms are per step, means over the ranks)
+    "mode": "case", "world": "workers", "per_worker_batch": "batch/worker",
+    "step_ms": "step ms", "speedup": "speed-up", "weak_efficiency": "weak eff.",
+    "profiled_step_ms": "profiled step", "forward_ms": "forward", "backward_ms": "backward",
+    "optimizer_ms": "optimiser", "syncs": "batch-stat syncs", "sync_ms": "sync ms",
+    "ddp_buckets": "DDP buckets", "ddp_allreduce_ms": "DDP all-reduce (overlapped)",
+    "allreduce_launch_ms": "all-reduce launch", "batch_ms": "batch", "metrics_ms": "metrics",
+    "other_ms": "other"}
+
+
+def run_breakdown(args: argparse.Namespace, command: str) -> None:
+    """Profile every breakdown case; write <out>/breakdown.md and breakdown.json."""
+    import torch.multiprocessing as mp
+
+    from cdlm_dist.config import compose
+    from cdlm_dist.data.domains import load_domains
+
+    rows = []
+    for case in breakdown_cases(args.batch):
+        out = (args.out / "breakdown" / case.label).resolve()
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        cfg = compose(overrides(args, case, out / "run"))
+        domains = load_domains(cfg.data, cfg.train.seed)
+        init = str(out / "store")
+        if case.workers == 1:
+            _breakdown_rank(0, 1, init, cfg, domains, args, str(out))
+        else:
+            mp.spawn(_breakdown_rank, args=(case.workers, init, cfg, domains, args, str(out)),
+                     nprocs=case.workers, join=True)
+        for rank in range(case.workers):
+            row = json.loads((out / f"rank{rank}.json").read_text())
+            rows.append({"mode": case.mode, "global_batch": case.global_batch,
+                         "per_worker_batch": case.global_batch // case.workers,
+                         "sync_batchnorm": cfg.train.sync_batchnorm} | row)
+            print(rows[-1], flush=True)
+    (args.out / "breakdown.json").write_text(json.dumps({"command": command, "rows": rows},
+                                                        indent=1))
+    import pandas as pd
+
+    table = pd.DataFrame(breakdown_table(rows))[list(BREAKDOWN_COLUMNS)]
+    text = [f"# Step breakdown: {args.data}, {' '.join(args.override) or 'defaults'}", "",
+            f"command: `{command}`", "",
+            f"step ms: {args.steps - args.warmup} steps after {args.warmup} warm-up, no profiler;"
+            f" the rest: torch.profiler over the next {args.profile_steps} steps, ms per step,"
+            " mean of the ranks. forward and backward include the syncs in them; sync ms ="
+            " all-gathers + reduce-scatters + their waits; DDP all-reduce = launch to completion"
+            " of each bucket, on gloo's thread (overlaps backward).", "",
+            markdown(table.rename(columns=BREAKDOWN_COLUMNS)), ""]
+    (args.out / "breakdown.md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", default="mnist5k_to_ucidigits", help="a data preset")
@@ -204,6 +431,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="runs of each case, interleaved")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override added to every case (repeatable), e.g.\n"
+                        "train.sync_batchnorm=false or model=lenet")
+    p.add_argument("--breakdown", action="store_true",
+                   help="instead of the Ray cases: profile where a step's time goes at 1 and 2\n"
+                        "workers (a plain gloo group of processes, no Ray)")
+    p.add_argument("--profile-steps", type=int, default=10,
+                   help="--breakdown: steps profiled after the timed ones")
     args = p.parse_args(argv)
     if args.steps - args.warmup < args.windows:
         p.error("--steps minus --warmup must be at least --windows")
@@ -215,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python", "benchmarks/scaling.py", *(sys.argv[1:] if argv is None
                                                               else argv)])
+    if args.breakdown:
+        run_breakdown(args, command)
+        return 0
     loader, num_domains = loader_images_per_s(args)
     windows: dict[str, list[float]] = {c.label: [] for c in cases(args.batch)}
     for _ in range(args.repeats):  # interleaved, so slow spells of a shared machine hit all
