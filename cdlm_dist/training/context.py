@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -28,9 +28,6 @@ from cdlm_dist.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-
-if TYPE_CHECKING:
-    from cdlm_dist.tracking import LiveTracking
 
 METRICS_LOG = "metrics.jsonl"  # the live log; the complete series also travels in checkpoints
 
@@ -100,7 +97,6 @@ class RunContext:
         self.world_size = (world_size if world_size is not None
                            else dist.get_world_size() if group else 1)
         self.live_log = live_log
-        self.tracking: LiveTracking | None = None  # set by the loop on the main rank
 
     @property
     def is_main(self) -> bool:
@@ -134,14 +130,11 @@ class RunContext:
         self.store.save(step, metrics, state)
 
     def log(self, row: dict[str, Any]) -> None:
-        """Append one row to the live metrics.jsonl (main rank), for watching a run, and send
-        it to the live trackers (TensorBoard, MLflow) when there are any."""
+        """Append one row to the live metrics.jsonl (main rank), for watching a run."""
         if self.is_main and self.live_log:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / METRICS_LOG, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            if self.tracking is not None:
-                self.tracking.row(row)
 
     def restart_log(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite the live log from a resumed state's rows (drops lines logged after the

@@ -30,7 +30,7 @@ from cdlm_dist.evaluation.accuracy import Predictions, predict, test_stats
 from cdlm_dist.evaluation.validators import EvalPass, score_all, validator_key
 from cdlm_dist.model.cdlm import CDLM, build_model
 from cdlm_dist.model.sync_norm import convert_sync_batchnorm
-from cdlm_dist.tracking import open_live
+from cdlm_dist.tracking import LiveTracking, open_live
 from cdlm_dist.training.checkpoint import rng_state, set_rng_state
 from cdlm_dist.training.context import METRICS_LOG, RunContext, read_log
 from cdlm_dist.training.selection import EVAL_SCORE, Selection, progress_metrics
@@ -139,7 +139,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
         stream = MultiDomainStream([d.train for d in domains], cfg.data.batch_size,
                                    cfg.train.seed, ctx.rank, ctx.world_size)
     config_yaml = OmegaConf.to_yaml(cfg)
-    ctx.tracking = open_live(cfg, ctx.run_dir, start, ctx.is_main, ctx.live_log)
+    tracking = open_live(cfg, ctx.run_dir, start, ctx.is_main, ctx.live_log)  # main rank
     bar = _progress_bar(cfg, start, enabled=progress and ctx.is_main)
     running: dict[str, list[torch.Tensor]] = defaultdict(list)
     last_eval: dict[str, float] = history[-1] if history else {}
@@ -158,7 +158,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
         if done % cfg.train.log_every == 0 or final:
             logged = _reduce_means(running, ctx)
             running.clear()
-            _log(rows, ctx, done, logged)
+            _log(rows, ctx, tracking, done, logged)
             if bar is not None:
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in logged.items()
                                  if k in ("loss/total", "loss/cls", "loss/adv", "train/acc")}
@@ -166,10 +166,10 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
         if done % cfg.train.eval_every == 0 or final:
             last_eval = {"step": done, **evaluate_in_training(model, domains, cfg, ctx)}
             history.append(last_eval)
-            _log(rows, ctx, done, {f"eval/{k}": v for k, v in last_eval.items() if k != "step"})
+            _log(rows, ctx, tracking, done, {f"eval/{k}": v for k, v in last_eval.items() if k != "step"})
             selection.update(done, last_eval[EVAL_SCORE], model)
-            if ctx.tracking is not None:  # main rank, at evaluations only: off the hot path
-                ctx.tracking.grid(model, domains, done)
+            if tracking is not None:  # at evaluations only: off the hot path
+                tracking.grid(model, domains, done)
         if done % cfg.train.checkpoint_every == 0 or final:
             state = None
             if ctx.is_main:
@@ -182,8 +182,8 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
             bar.update(1)
     if bar is not None:
         bar.close()
-    if ctx.tracking is not None:
-        ctx.tracking.close()
+    if tracking is not None:
+        tracking.close()
     if start >= cfg.train.steps:  # resumed at the end: nothing ran, but the result must reach
         ctx.report(start, progress_metrics(history, start, cfg.train.checkpoint_every), None)
     final_state = _cpu_state(model)
@@ -191,11 +191,15 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
                        history=history, log=rows, step=cfg.train.steps)
 
 
-def _log(rows: list[dict], ctx: RunContext, step: int, metrics: dict[str, float]) -> None:
-    """One row of the run's log (kept for the checkpoint; mirrored live to metrics.jsonl)."""
+def _log(rows: list[dict], ctx: RunContext, tracking: LiveTracking | None, step: int,
+         metrics: dict[str, float]) -> None:
+    """One row of the run's log: kept for the checkpoint, mirrored live to metrics.jsonl and to
+    the live trackers (main rank)."""
     row = {"step": step, "wall_time": time.time(), **metrics}  # wall_time: per-step timing
     rows.append(row)
     ctx.log(row)
+    if tracking is not None:
+        tracking.row(row)
 
 
 def _reduce_means(running: dict[str, list[torch.Tensor]], ctx: RunContext) -> dict[str, float]:
