@@ -13,7 +13,9 @@ log-uniform l_adv and l_con; a key the method does not use is left out) and the 
 from LR_RANGE. Every run records all validators (``eval/validator/<name>``) and the target
 accuracy (``eval/target_acc``, an oracle column) at each evaluation; every evaluated checkpoint
 of every trial of a pair is one point. Finished runs are read back (a rerun continues where it
-stopped); ``--extra-runs`` adds other finished run directories whose logs carry the validators.
+stopped; runs are keyed by a hash of the resolved config and the package source, so a changed
+default never reads a stale run back); ``--extra-runs`` adds other finished run directories
+whose logs carry the validators.
 
 Per pair (pooling methods and trials) and per validator:
 
@@ -45,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from cdlm_dist.evaluation.validators import KEY_PREFIX, VALIDATORS
+from cdlm_dist.runkey import run_key
 
 PAIRS = ["mnist5k_to_ucidigits", "mnist5k_to_mnistm_synth"]
 METHODS = ["dann", "cdlm"]
@@ -116,8 +119,10 @@ def trial_overrides(pair: str, method: str, trial: int, seed: int,
     return out
 
 
-def run_dir(out: Path, pair: str, method: str, trial: int) -> Path:
-    return out / "runs" / pair / method / f"trial{trial:03d}"
+def run_dir(out: Path, pair: str, method: str, trial: int, overrides: list[str]) -> Path:
+    """Keyed by the resolved config and the package source (cdlm_dist/runkey.py), so a changed
+    default or code starts a new run instead of reading a stale one back."""
+    return out / "runs" / pair / method / f"trial{trial:03d}__{run_key(overrides)}"
 
 
 def one_run(job: tuple[list[str], str]) -> str:
@@ -270,10 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     for pair in a.pairs:
         for method in a.methods:
             for trial in range(a.trials):
-                directory = run_dir(out, pair, method, trial)
+                overrides = [*trial_overrides(pair, method, trial, a.seed, space), *common,
+                             f"name=val_{pair}_{method}_{trial}"]
+                directory = run_dir(out, pair, method, trial, overrides)
                 labels[str(directory)] = {"pair": pair, "method": method, "trial": trial}
-                jobs.append(([*trial_overrides(pair, method, trial, a.seed, space), *common,
-                              f"name=val_{pair}_{method}_{trial}"], str(directory)))
+                jobs.append((overrides, str(directory)))
     if not a.report_only:
         start = time.time()
         if a.jobs == 1:
