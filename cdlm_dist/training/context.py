@@ -28,6 +28,7 @@ from cdlm_dist.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from cdlm_dist.training.memory import rss_mb
 
 METRICS_LOG = "metrics.jsonl"  # the live log; the complete series also travels in checkpoints
 
@@ -88,7 +89,10 @@ class RunContext:
                  world_size: int | None = None, live_log: bool = True) -> None:
         """``store`` defaults to a :class:`FileStore` in ``run_dir/checkpoints``; ``rank`` and
         ``world_size`` to the process group's (0 and 1 without one). ``live_log=False`` keeps
-        rank 0 from writing metrics.jsonl where the driver cannot see it (another node)."""
+        rank 0 from writing metrics.jsonl where the driver cannot see it (another node).
+        ``start_rss_mb``: this process's RSS now, the base of its logged memory growth (a Ray
+        worker makes its context before it loads data)."""
+        self.start_rss_mb = rss_mb()
         self.run_dir = Path(run_dir)
         self.device = device
         self.store = store or FileStore(self.checkpoint_dir, keep_checkpoints)
