@@ -51,7 +51,7 @@ def format_summary(summary: dict) -> str:
     if "best_trial" in summary:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in summary["best_params"].items())
-        lines += [f"  selected trial {summary['best_trial']}: score (source val acc) "
+        lines += [f"  selected trial {summary['best_trial']}: score ({summary['score_name']}) "
                   f"{summary['best_score']:.4f}, oracle target acc "
                   f"{summary['best_oracle_target_acc']:.4f}; {params}",
                   f"  retrain (in {summary['directory']}): {summary['retrain_command']}"]

@@ -194,6 +194,14 @@ VALIDATORS: dict[str, Validator] = {
     "dev": deep_embedded_validation,
     "acc_im": accuracy_times_im,
 }
+DESCRIPTIONS = {  # what each score is, for tables, logs and plot labels
+    "src_acc": "mean source validation accuracy",
+    "entropy": "negative mean target entropy",
+    "im": "target information maximisation",
+    "snd": "target soft neighbourhood density",
+    "dev": "negative deep-embedded-validation risk",
+    "acc_im": "source accuracy x normalised target IM",
+}
 DEFAULT_VALIDATOR = "src_acc"  # today's selection score: train.select_by's default
 KEY_PREFIX = "validator/"  # history and log key of each score: validator/<name>
 
@@ -201,6 +209,11 @@ KEY_PREFIX = "validator/"  # history and log key of each score: validator/<name>
 def validator_key(name: str) -> str:
     """Where an evaluation records validator ``name``'s score."""
     return f"{KEY_PREFIX}{name}"
+
+
+def describe(name: str) -> str:
+    """``name (what it scores, label-free)``, e.g. for the score column of a sweep's table."""
+    return f"{name}: {DESCRIPTIONS[name]}, label-free"
 
 
 def score_all(ev: EvalPass) -> dict[str, float]:

@@ -72,7 +72,7 @@ def plot_importance(importance: dict[str, float], method: str, path: Path) -> Pa
 
 
 def plot_plane(frame: pd.DataFrame, params: list[Param], best_number: int | None,
-               path: Path) -> Path | None:
+               path: Path, score_label: str) -> Path | None:
     """Score of each trial over l_adv x l_con (log axes when searched log-uniformly); hollow
     markers are trials ASHA stopped early, the star the selected best. None if not searched."""
     by_key = {p.key: p for p in params}
@@ -103,7 +103,7 @@ def plot_plane(frame: pd.DataFrame, params: list[Param], best_number: int | None
         set_lim(p.low, p.high)  # the whole searched range, so coverage shows
     ax.set_xlabel(x_key)
     ax.set_ylabel(y_key)
-    fig.colorbar(points, ax=ax, label="score (source val acc, label-free)")
+    fig.colorbar(points, ax=ax, label=f"score ({score_label})")
     if len(early) or best_number is not None:
         ax.legend(loc="best", fontsize="small")
     ax.set_title("objective over the adversarial x consistency weights")

@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from cdlm_dist.evaluation.validators import describe
 from cdlm_dist.tuning.config import apply_params, num_epochs
 from cdlm_dist.tuning.plots import param_importance, plot_importance, plot_plane
 from cdlm_dist.tuning.search import ATTR_ORPHANED, ATTR_RESUMED_FROM
@@ -135,8 +136,8 @@ def leaderboard(frame: pd.DataFrame, params: list[Param], cfg: DictConfig,
         f"{len(done)} finished trials of {s.num_samples} requested "
         f"({int((~done['full_budget']).sum())} stopped early by ASHA); sampler `{s.sampler}`, "
         f"scheduler `{s.scheduler}`, pair `{cfg.data.preset}`, {cfg.train.steps} steps.", "",
-        f"Ranked by `{s.metric}`: the best mean source validation accuracy of the trial "
-        "(label-free). `oracle target acc` is the target test accuracy of those same weights; it "
+        f"Ranked by `{s.metric}`: the trial's best `{cfg.train.select_by}` "
+        f"({describe(cfg.train.select_by)}). `oracle target acc` is the target test accuracy of those same weights; it "
         "uses target labels and is shown for analysis only, never used to select.", "",
         "| rank | trial | score | oracle target acc | epochs | stopped early | "
         + " | ".join(p.key for p in params) + " |",
@@ -176,6 +177,7 @@ def export_results(study, params: list[Param], cfg: DictConfig, train_cfg: DictC
         "leaderboard": str(directory / LEADERBOARD_FILE)}
     if best is not None:
         summary |= {"best_trial": int(best["number"]), "best_score": float(best["score"]),
+                    "score_name": train_cfg.train.select_by,
                     "best_oracle_target_acc": float(best[ORACLE]),
                     "best_params": {p.key: _plain(best[p.key]) for p in params},
                     "best_config": str(export_best(study, int(best["number"]), cfg, train_cfg,
@@ -187,7 +189,8 @@ def export_results(study, params: list[Param], cfg: DictConfig, train_cfg: DictC
     summary["importance"] = {"method": method, **importance}
     summary["plots"] = [str(p) for p in (
         plot_importance(importance, method, directory / IMPORTANCE_PNG),
-        plot_plane(frame, params, summary.get("best_trial"), directory / PLANE_PNG)) if p]
+        plot_plane(frame, params, summary.get("best_trial"), directory / PLANE_PNG,
+                   describe(train_cfg.train.select_by))) if p]
     (directory / SUMMARY_JSON).write_text(
         json.dumps(relative_paths(summary, directory), indent=2, default=str))
     return summary

@@ -1,5 +1,5 @@
-"""Ray-backed sweep tests: a small sweep of 3-domain (digits3) trials completes and exports; its
-best config retrains to the same score; a sweep whose driver is killed resumes to exactly num_samples finished trials.
+"""Ray-backed sweep tests: a small sweep of 3-domain (digits3) trials, selecting by the acc_im
+validator, completes and exports; its best config retrains to the same score; a sweep whose driver is killed resumes to exactly num_samples finished trials.
 
 Three Tune runs in all (one small sweep, one killed driver, one resume), each of 6-step trials.
 """
@@ -44,7 +44,9 @@ KILL_TEST_STEPS = ("train.steps=12",)
 def small_sweep(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("small")
     # digits3: the N-domain model (two labelled sources, one target) runs unchanged in a sweep
-    cfg = compose_sweep(sweep_overrides(out, 4, "sweep.max_concurrent_trials=2", "data=digits3"))
+    # sweep.metric=acc_im: trials select by a validator other than the default src_acc
+    cfg = compose_sweep(sweep_overrides(out, 4, "sweep.max_concurrent_trials=2", "data=digits3",
+                                        "sweep.metric=acc_im"))
     return cfg, run_sweep(cfg, log=lambda *_: None)
 
 
@@ -57,6 +59,8 @@ def test_small_sweep_finishes_and_exports(small_sweep):
     for key in ("loss.l_adv", "loss.l_con"):
         assert frame[key].between(0.01, 10.0).all() and frame[key].nunique() == 4
     assert frame["score"].between(0, 1).all() and frame[ORACLE].between(0, 1).all()
+    assert summary["score_name"] == "acc_im"
+    assert "Ranked by `acc_im`" in (directory / LEADERBOARD_FILE).read_text()
     # selection is by the label-free score among full-budget trials, never by the oracle column
     full = frame[frame["full_budget"]]
     assert summary["best_score"] == full["score"].max()
