@@ -6,7 +6,8 @@
 #   make lint    ruff
 #   make bench   accuracy benchmark (BENCH_ARGS=... to change it); bench-step-cost, bench-peer
 #                (installs the optional pytorch-adapt extra), bench-scaling, bench-multidomain,
-#                bench-sweep for the others; bench-gpu the prepared GPU run (benchmarks/gpu.py;
+#                bench-sweep, bench-cost-model (the cluster cost model) for the others; bench-gpu
+#                the prepared GPU run (benchmarks/gpu.py;
 #                BENCH_ARGS=--smoke runs it on a CPU in 1.5-3 minutes)
 #   make submit  submit a job to a Ray cluster (ARGS="train ... --follow")
 PY ?= python3
@@ -18,7 +19,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: install train test test-fast lint bench bench-step-cost bench-peer bench-scaling bench-multidomain \
-	bench-sweep bench-gpu submit clean
+	bench-sweep bench-cost-model bench-gpu submit clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 10), "cdlm-dist needs Python 3.10+; set PY=python3.x"'
@@ -61,6 +62,9 @@ bench-multidomain: $(STAMP)
 
 bench-sweep: $(STAMP)
 	$(BIN)/python benchmarks/sweep.py $(BENCH_ARGS)
+
+bench-cost-model: $(STAMP)
+	$(BIN)/python benchmarks/cost_model.py $(BENCH_ARGS)
 
 # Stops by itself within --time-limit (seconds) and keeps what it measured (README "On a GPU")
 bench-gpu: $(STAMP)
