@@ -203,9 +203,11 @@ def plot(df, path: Path) -> None:
 # --- --breakdown: where one step's time goes, without Ray ---------------------------------------
 
 # profiler events that are collectives, by the name torch gives them (CPU/gloo and nccl alike):
-# the functional all-gather of sync_norm (forward) and its reduce-scatter (its backward), their
-# waits, and DDP's gradient all-reduce (launched by the reducer, waited on at the end of backward)
-SYNC_OPS = ("_c10d_functional::all_gather_into_tensor", "_c10d_functional::reduce_scatter_tensor")
+# sync_norm's functional all-gather (forward; batch_moments' backward is a reduce-scatter) and
+# its functional all-reduce (the fused BatchNorm's backward), their waits, and DDP's gradient
+# all-reduce (c10d's, launched by the reducer, waited on at the end of backward)
+SYNC_OPS = ("_c10d_functional::all_gather_into_tensor", "_c10d_functional::reduce_scatter_tensor",
+            "_c10d_functional::all_reduce")
 WAIT_OP = "_c10d_functional::wait_tensor"
 ALLREDUCE_OP = "c10d::allreduce_"
 SCOPES = ("forward", "backward", "optimizer")
@@ -328,7 +330,7 @@ def profile_split(averages, steps: int) -> dict[str, float]:
 
     Inclusive CPU time of a scope is its wall time on this (single-threaded) rank. The
     collectives nest inside the scopes: sync all-gathers inside forward, their backward
-    reduce-scatters and DDP's final wait inside backward. A collective's cost to the step is
+    all-reduces (reduce-scatters for batch_moments) and DDP's final wait inside backward. A collective's cost to the step is
     its launch plus its wait (wait_tensor, or the reducer's wait at the end of backward).
     """
     by_name = {e.key: e for e in averages}
@@ -342,7 +344,7 @@ def profile_split(averages, steps: int) -> dict[str, float]:
         return e.count / steps if e is not None else 0.0
 
     out = {f"{s}_ms": ms(s) for s in (*SCOPES, "batch", "metrics")}
-    out["syncs"] = count(SYNC_OPS[0]) + count(SYNC_OPS[1])
+    out["syncs"] = sum(count(n) for n in SYNC_OPS)
     out["sync_ms"] = sum(ms(n) for n in SYNC_OPS) + ms(WAIT_OP)
     out["allreduce_launch_ms"] = ms(ALLREDUCE_OP)  # DDP's buckets and the metrics all-reduce
     out["other_ms"] = ms("step") - sum(out[f"{s}_ms"] for s in (*SCOPES, "batch", "metrics"))
@@ -410,7 +412,8 @@ def run_breakdown(args: argparse.Namespace, command: str) -> None:
             f"step ms: {args.steps - args.warmup} steps after {args.warmup} warm-up, no profiler;"
             f" the rest: torch.profiler over the next {args.profile_steps} steps, ms per step,"
             " mean of the ranks. forward and backward include the syncs in them; sync ms ="
-            " all-gathers + reduce-scatters + their waits; DDP all-reduce = launch to completion"
+            " sync_norm's all-gathers + backward all-reduces or reduce-scatters + their waits;"
+            " DDP all-reduce = launch to completion"
             " of each bucket, on gloo's thread (overlaps backward).", "",
             markdown(table.rename(columns=BREAKDOWN_COLUMNS)), ""]
     (args.out / "breakdown.md").write_text("\n".join(text))

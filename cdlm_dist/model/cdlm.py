@@ -29,16 +29,29 @@ from torch.profiler import record_function
 from cdlm_dist.config import Config
 from cdlm_dist.model.grl import grad_reverse
 from cdlm_dist.model.networks import build_decoder, build_encoder, mlp
-from cdlm_dist.model.sync_norm import batch_moments, distributed_active
+from cdlm_dist.model.sync_norm import batch_moments, distributed_active, sync_batch_norm
 
 STD_EPS = 1e-5
 WHITEN_EPS = 1e-3  # added to the covariance's eigenvalues, relative to their mean
 
 
 def standardise(h: torch.Tensor, sync: bool = False) -> torch.Tensor:
-    """(h - mean) / std per dimension over the batch; over all ranks' batches when ``sync``."""
+    """(h - mean) / std per dimension over the batch; over all ranks' batches when ``sync``
+    (there it is an affine-free synchronised batch norm: one fused pass, one collective)."""
+    if sync and distributed_active():
+        return sync_batch_norm(h, None, None, STD_EPS)[0]
     mean, var, _ = batch_moments(h, [0], sync)
     return (h - mean) / torch.sqrt(var + STD_EPS)
+
+
+def standardise_each(hs: list[torch.Tensor], sync: bool = False) -> list[torch.Tensor]:
+    """:func:`standardise` of each domain's batch. Across ranks the domains' features, side by
+    side, are the channels of one synchronised batch norm: the same statistics per domain, and
+    one collective for all domains instead of one each (the batches must be of one size, as
+    :meth:`CDLM.forward` requires)."""
+    if not (sync and distributed_active()):
+        return [standardise(h, sync) for h in hs]
+    return list(standardise(torch.cat(hs, 1), sync).split(hs[0].shape[1], 1))
 
 
 def whiten(h: torch.Tensor, sync: bool = False) -> torch.Tensor:
@@ -221,8 +234,12 @@ class CDLM(nn.Module):
             logvar = [None] * len(xs)
         out = ForwardOutput(h=h, mu=mu, logvar=logvar, pairs=[])
 
-        norm = whiten if self.modulation == "whiten" else standardise
-        hbar = [norm(hk, self.sync_stats) for hk in h] if self.variational else []
+        if not self.variational:
+            hbar = []
+        elif self.modulation == "whiten":
+            hbar = [whiten(hk, self.sync_stats) for hk in h]
+        else:
+            hbar = standardise_each(h, self.sync_stats)
         for k in range(len(xs)):
             ks = [k] if not self.variational else partners(k, len(xs), self.pairing, pair_gen)
             for j in ks:
