@@ -267,10 +267,10 @@ def _breakdown_rank(rank: int, world: int, init_file: str, cfg, domains, args: a
         seed_everything(cfg.train.seed)  # as fit() does, step for step
         model = build_model(cfg, len(domains), domains[0].num_classes)
         if cfg.train.sync_batchnorm and world > 1:
-            model = convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model, cfg.train.sync_batchnorm_scope)
         optimizer = build_optimizer(model, cfg)
         ctx = RunContext(Path(out) / "run", torch.device("cpu"))
-        train_model = ctx.wrap_model(model)
+        train_model = ctx.wrap_model(model, cfg.train)
         timer = CommTimer()
         if world > 1:
             train_model.register_comm_hook(None, timer.hook())
@@ -330,8 +330,9 @@ def profile_split(averages, steps: int) -> dict[str, float]:
 
     Inclusive CPU time of a scope is its wall time on this (single-threaded) rank. The
     collectives nest inside the scopes: sync all-gathers inside forward, their backward
-    all-reduces (reduce-scatters for batch_moments) and DDP's final wait inside backward. A collective's cost to the step is
-    its launch plus its wait (wait_tensor, or the reducer's wait at the end of backward).
+    all-reduces (reduce-scatters for batch_moments) and DDP's final wait inside backward. A
+    collective's cost to the step is its launch plus its wait (wait_tensor, or the reducer's
+    wait at the end of backward).
     """
     by_name = {e.key: e for e in averages}
 

@@ -134,6 +134,17 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     amp: bool = False  # bf16 autocast on CUDA
     sync_batchnorm: bool = False  # Ray runner: convert BatchNorm to SyncBatchNorm
+    # Which BatchNorm layers sync (model/sync_norm.py): "all", so W workers compute what one
+    # worker computes, or "encoder": the decoders' and discriminator's layers keep rank-local
+    # statistics (fewer collectives; no longer the one-worker model). hbar syncs under both.
+    sync_batchnorm_scope: str = "all"
+    # DistributedDataParallel's options (RunContext.wrap_model; several workers only)
+    ddp_bucket_cap_mb: float = 0.0  # gradient bucket size; 0 = torch's default (25 MiB)
+    ddp_gradient_as_bucket_view: bool = False  # gradients as views into the buckets
+    # rank 0's buffers to all ranks at every forward; synchronised statistics are equal on
+    # every rank already, rank-local ones are not (and evaluation is sharded over the ranks)
+    ddp_broadcast_buffers: bool = True
+    ddp_batched_grad_copy: bool = False  # one copy per bucket (only where torch's DDP has it)
     progress: bool = True
     num_threads: int = 0  # 0 = leave torch's default
     fail_at_step: int = -1  # fault injection for tests: raise once when this step is reached
@@ -215,6 +226,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("memory", "ray_data"),
     "data.augment": ("none", "imagenet"),
     "tracking.backend": ("tensorboard", "mlflow", "none"),
+    "train.sync_batchnorm_scope": ("all", "encoder"),
 }
 
 
@@ -299,6 +311,13 @@ def validate(cfg: Any) -> None:
     if cfg.data.augment != "none" and cfg.data.loader != "ray_data":
         raise ConfigError(f"data.augment={cfg.data.augment} runs in Ray Data's workers: set "
                           "data.loader=ray_data runner=ray (the in-memory path does not augment)")
+    if not (cfg.train.ddp_broadcast_buffers or cfg.train.sync_batchnorm):
+        raise ConfigError("train.ddp_broadcast_buffers=false needs train.sync_batchnorm=true: "
+                          "rank-local BatchNorm statistics differ between ranks, and evaluation "
+                          "is sharded over them")
+    if cfg.train.ddp_bucket_cap_mb < 0:
+        raise ConfigError(f"train.ddp_bucket_cap_mb={cfg.train.ddp_bucket_cap_mb} must be >= 0 "
+                          "(0 keeps torch's default bucket size)")
     if cfg.data.max_in_memory_gb <= 0:
         raise ConfigError(f"data.max_in_memory_gb={cfg.data.max_in_memory_gb} must be > 0")
     if cfg.data.shuffle_buffer < 1:

@@ -43,6 +43,9 @@ def test_every_preset_and_method_composes(preset, method):
     (["data.domains=[{name: mnist5k, labelled: true}]"], "data.domains"),
     (["data.domains=[{name: mnist5k, labelled: false}, {name: ucidigits, labelled: false}]"],
      "labelled"),
+    (["train.sync_batchnorm_scope=decoders"], "train.sync_batchnorm_scope"),
+    (["train.ddp_bucket_cap_mb=-1"], "train.ddp_bucket_cap_mb"),
+    (["train.ddp_broadcast_buffers=false"], "train.ddp_broadcast_buffers"),
 ])
 def test_invalid_configs_fail_fast_naming_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -14,6 +14,7 @@ requires it); only the main rank passes a state to persist.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cdlm_dist.config import TrainConfig
 from cdlm_dist.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -45,6 +47,27 @@ def set_threads(num_threads: int, fallback: float = 0) -> None:
     threads = num_threads or int(fallback)
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def ddp_options(train: TrainConfig) -> dict[str, Any]:
+    """DistributedDataParallel's keyword arguments from ``train.ddp_*``. Defaults are torch's
+    own, so unset keys leave DDP as it was; an option the installed torch's DDP lacks fails
+    here, by name, rather than being dropped."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    accepted = inspect.signature(DistributedDataParallel.__init__).parameters
+    # torch 2.13 renamed broadcast_buffers (which also skipped buffers at the initial sync)
+    buffers = "forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers"
+    options: dict[str, Any] = {"gradient_as_bucket_view": train.ddp_gradient_as_bucket_view,
+                               buffers: train.ddp_broadcast_buffers}
+    if train.ddp_bucket_cap_mb > 0:
+        options["bucket_cap_mb"] = train.ddp_bucket_cap_mb
+    if train.ddp_batched_grad_copy:
+        if "batched_grad_copy" not in accepted:
+            raise ValueError(f"train.ddp_batched_grad_copy=true needs a torch whose DDP has "
+                             f"batched_grad_copy (this is {torch.__version__})")
+        options["batched_grad_copy"] = True
+    return options
 
 
 def ddp_backend(backend: str, device: torch.device) -> str:
@@ -110,14 +133,16 @@ class RunContext:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def wrap_model(self, model: nn.Module) -> nn.Module:
-        """DDP across ranks; the bare model on one rank (DDP would only add per-step cost)."""
+    def wrap_model(self, model: nn.Module, train: TrainConfig | None = None) -> nn.Module:
+        """DDP across ranks, with ``train``'s ``ddp_*`` options (torch's defaults without it);
+        the bare model on one rank (DDP would only add per-step cost)."""
         if self.world_size == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        options = ddp_options(train) if train is not None else {}
+        return DistributedDataParallel(model, device_ids=ids, **options)
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:

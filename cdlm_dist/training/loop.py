@@ -122,7 +122,8 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
     seed_everything(cfg.train.seed)
     model = build_model(cfg, len(domains), domains[0].num_classes).to(ctx.device)
     if cfg.train.sync_batchnorm and ctx.world_size > 1:
-        model = convert_sync_batchnorm(model)  # torch's own refuses CPU (gloo) tensors
+        # torch's own refuses CPU (gloo) tensors
+        model = convert_sync_batchnorm(model, cfg.train.sync_batchnorm_scope)
     optimizer = build_optimizer(model, cfg)
     start, history, rows, selection = 0, [], [], Selection()
     state = ctx.latest_state() if cfg.resume else None
@@ -134,7 +135,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
         selection = Selection.from_checkpoint(state["best"])
         rows = _resumed_log(state, ctx)
         ctx.restart_log(rows)
-    train_model = ctx.wrap_model(model)
+    train_model = ctx.wrap_model(model, cfg.train)
     if stream is None:
         stream = MultiDomainStream([d.train for d in domains], cfg.data.batch_size,
                                    cfg.train.seed, ctx.rank, ctx.world_size)

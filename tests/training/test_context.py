@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+import torch.distributed as dist
 
+from cdlm_dist.config import compose
 from cdlm_dist.training.checkpoint import list_checkpoints
 from cdlm_dist.training.context import FileStore, RunContext, read_log, set_threads
 
@@ -76,3 +79,32 @@ def test_threads_follow_the_config_then_the_cpu_share(tmp_path: Path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_process_group(tmp_path: Path):
+    """A gloo group of one process: DDP builds on it as on several."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _ddp(tmp_path: Path, overrides: list[str]) -> torch.nn.Module:
+    """RunContext.wrap_model's DDP (told it has 2 ranks) around a layer with BatchNorm."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ctx = RunContext(tmp_path, CPU, rank=0, world_size=2)
+    return ctx.wrap_model(model, compose(overrides).train)
+
+
+def test_ddp_options_come_from_the_config_and_default_to_torchs(tmp_path: Path,
+                                                                 one_process_group) -> None:
+    default = _ddp(tmp_path, [])
+    plain = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+    assert (default.bucket_bytes_cap, default.gradient_as_bucket_view,
+            default.will_sync_module_buffers()) == (plain.bucket_bytes_cap, False, True)
+    tuned = _ddp(tmp_path, ["train.ddp_bucket_cap_mb=1", "train.ddp_gradient_as_bucket_view=true",
+                            "train.sync_batchnorm=true",
+                            "train.ddp_broadcast_buffers=false"])
+    assert (tuned.bucket_bytes_cap, tuned.gradient_as_bucket_view,
+            tuned.will_sync_module_buffers()) == (2 ** 20, True, False)
