@@ -24,6 +24,7 @@ from cdlm_dist.runners import get_runner, preflight
 from cdlm_dist.tracking import RunTracking
 from cdlm_dist.training.context import METRICS_LOG, resolve_device, write_log
 from cdlm_dist.training.loop import TrainResult
+from cdlm_dist.training.memory import PEAK_RSS, memory_summary
 from cdlm_dist.training.selection import selection_summary
 
 SUMMARY_FILE = "summary.json"
@@ -69,6 +70,7 @@ def run_experiment(overrides: list[str], with_baseline: bool | None = None,
                "seed": cfg.train.seed, "steps": cfg.train.steps,
                "train_seconds": round(train_seconds, 1)}
     summary |= selection_summary(result.history)
+    summary |= memory_summary(result.log)  # each rank's peak RSS and growth (sys/ keys)
     gap = adversarial_gap(result.log, len(domains), cfg.loss.adv_reduction)
     if not math.isnan(gap):  # summary.json stays strict JSON: no NaN
         summary["adv_gap"] = round(gap, 4)
@@ -157,6 +159,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             ("TARGET ACC (selected, label-free)", summary.get("target_acc_selected")),
             ("target acc (last step)", summary.get("target_acc_last")),
             ("target acc (oracle: best by target labels)", summary.get("target_acc_oracle"))]
+    if PEAK_RSS in summary:
+        rows.append(("peak RSS of the largest rank (MB)", summary[PEAK_RSS]))
     if "adv_gap" in summary:
         rows.append(("adversarial gap (|domain loss - chance|, label-free)", summary["adv_gap"]))
     if "baseline_source_only_target_acc_selected" in summary:

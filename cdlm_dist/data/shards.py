@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
@@ -226,10 +227,26 @@ def split_files(folder: Path, manifest: dict[str, Any], split: str) -> list[str]
 def read_rows(folder: Path, manifest: dict[str, Any], split: str,
               indices: np.ndarray | None = None) -> pa.Table:
     """The rows of a split (only those whose ``index`` is in ``indices`` if given), in index
-    order, with the encoded images still encoded."""
-    dataset = pads.dataset(split_files(folder, manifest, split), format="parquet")
-    where = None if indices is None else pads.field("index").isin(pa.array(indices, pa.int64()))
-    table = dataset.to_table(filter=where).sort_by("index")
+    order, with the encoded images still encoded.
+
+    A selection reads one row group at a time, and only the row groups whose ``index`` column
+    holds a selected row: a streaming worker picks its validation and test rows out of shards
+    it must not hold (a filtered dataset scan reads several shards ahead, here most of them)."""
+    files = split_files(folder, manifest, split)
+    if indices is None:
+        table = pads.dataset(files, format="parquet").to_table()
+    else:
+        wanted = pa.array(indices, pa.int64())
+        parts = [SCHEMA.empty_table()]
+        for file in files:
+            shard = pq.ParquetFile(file)
+            for g in range(shard.num_row_groups):
+                if pc.any(pc.is_in(shard.read_row_group(g, columns=["index"])["index"],
+                                   value_set=wanted)).as_py():
+                    group = shard.read_row_group(g)
+                    parts.append(group.filter(pc.is_in(group["index"], value_set=wanted)))
+        table = pa.concat_tables(parts)
+    table = table.sort_by("index")
     expected = manifest["rows"][split] if indices is None else len(indices)
     if table.num_rows != expected:
         raise ConfigError(f"{folder} ({split}): {table.num_rows} rows, expected {expected}; "

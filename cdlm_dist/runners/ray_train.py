@@ -90,13 +90,14 @@ def train_worker(config: dict[str, Any]) -> None:
 
     cfg = OmegaConf.merge(OmegaConf.structured(Config), config["cfg"])
     set_threads(cfg.train.num_threads, cfg.runner.cpus_per_worker)
-    domains = load_domains(cfg.data, cfg.train.seed)
     device = ray.train.torch.get_device() if cfg.runner.use_gpu else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     on_driver_node = config.get("driver_node") in (None, _node_id())
+    # made before any data loads: its start RSS is the base of the worker's logged growth
     ctx = RunContext(Path(config["run_dir"]), device, store=SessionStore("train"),
                      live_log=on_driver_node)
+    domains = load_domains(cfg.data, cfg.train.seed)
     if ctx.is_main and not on_driver_node:
         log.info("rank 0 runs on another node than the driver: the driver writes metrics.jsonl "
                  "from the final checkpoint")

@@ -5,6 +5,9 @@ Model selection is label-free (:mod:`cdlm_dist.training.selection`): an evaluati
 accuracy on the labelled domains' held-out validation data); every validator's score is recorded
 beside it. Target test accuracy is recorded at every evaluation, but only to report it.
 
+Every training row also carries each rank's RSS at its start, when its data had loaded, and at
+its peak (:mod:`cdlm_dist.training.memory`, the ``sys/`` keys): what a worker held, measured.
+
 Everything the driver needs after training travels in the checkpoint state, not in files that
 rank 0 wrote: the weights, the selection, the evaluation history and the logged rows (losses and
 evaluations, each with its wall time). So a Ray driver on another node than rank 0 rebuilds the
@@ -33,6 +36,7 @@ from cdlm_dist.model.sync_norm import convert_sync_batchnorm
 from cdlm_dist.tracking import LiveTracking, open_live
 from cdlm_dist.training.checkpoint import rng_state, set_rng_state
 from cdlm_dist.training.context import METRICS_LOG, RunContext, read_log
+from cdlm_dist.training.memory import memory_row, peak_rss_mb
 from cdlm_dist.training.selection import EVAL_SCORE, Selection, progress_metrics
 from cdlm_dist.training.step import build_optimizer, train_step
 
@@ -119,6 +123,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
 
     ``stream``: the training batches; None draws them from ``domains``' train splits in memory.
     """
+    loaded_rss = peak_rss_mb()  # data loaded, nothing built: what loading cost, from ctx's start
     seed_everything(cfg.train.seed)
     model = build_model(cfg, len(domains), domains[0].num_classes).to(ctx.device)
     if cfg.train.sync_batchnorm and ctx.world_size > 1:
@@ -157,7 +162,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
         done = step + 1
         final = done == cfg.train.steps
         if done % cfg.train.log_every == 0 or final:
-            logged = _reduce_means(running, ctx)
+            logged = _reduce_means(running, ctx) | _memory(ctx, loaded_rss)
             running.clear()
             _log(rows, ctx, tracking, done, logged)
             if bar is not None:
@@ -209,6 +214,14 @@ def _reduce_means(running: dict[str, list[torch.Tensor]], ctx: RunContext) -> di
     local = torch.stack([torch.stack(running[k]).float().mean() for k in keys]).to(ctx.device)
     mean = ctx.all_reduce_sum(local) / ctx.world_size
     return dict(zip(keys, mean.tolist()))
+
+
+def _memory(ctx: RunContext, loaded_rss: float) -> dict[str, float]:
+    """Every rank's peak, loaded and start RSS (``sys/`` keys, :mod:`memory`), gathered by one
+    all-reduce in which each rank fills its own column."""
+    local = torch.zeros(3, ctx.world_size)  # float32: every backend and device has it
+    local[:, ctx.rank] = torch.tensor([peak_rss_mb(), loaded_rss, ctx.start_rss_mb])
+    return memory_row(*ctx.all_reduce_sum(local.to(ctx.device)).tolist())
 
 
 def _maybe_inject_fault(cfg: Config, step: int, ctx: RunContext) -> None:

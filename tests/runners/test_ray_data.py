@@ -1,7 +1,8 @@
 """data.loader=ray_data end to end on 2 Ray Train workers (gloo): K = 3 domains streamed from
-prepared shards of a generated JPEG tree (Office-Home layout) while the dataset on disk is several
-times the workers' memory cap, which the in-memory path refuses; a killed worker recovers, and an
-interrupted run resumes at the right step. Three TorchTrainer.fit calls in all (~40 s each).
+prepared shards of a generated image tree (Office-Home layout, ~0.75 GB) while the dataset on disk
+is hundreds of times the workers' memory cap, which the in-memory path refuses, and no worker grows
+by as much as one domain's shards; a killed worker recovers, and an interrupted run resumes at the
+right step. Three TorchTrainer.fit calls in all (~40 s each).
 
 What resume restores on this path (ARCHITECTURE.md, "Streaming with Ray Data"): the step, the
 model, optimiser and RNG state, each domain's epoch counter and its epoch boundaries; not which
@@ -10,33 +11,76 @@ rows fill the rest of an interrupted epoch. The log checks below are the step-le
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
+import struct
 import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from cdlm_dist.config import ConfigError, compose
 from cdlm_dist.data.shards import prepare_sharded
 from cdlm_dist.experiment import run_experiment
 from cdlm_dist.runners.ray_train import RayRunError
 from cdlm_dist.training.loop import FAULT_MARKER
+from cdlm_dist.training.memory import (
+    BYTES_PER_MB,
+    LOAD_GROWTH,
+    LOADED_RSS,
+    PEAK_RSS,
+    START_RSS,
+    rank_key,
+)
 
 DOMAINS = ("Art", "Clipart", "Product")  # two labelled sources -> a target: K = 3
-CLASSES, PER_CLASS, SIZE = 4, 30, 32
+CLASSES, PER_CLASS, SIZE, WORKERS = 4, 60, 32, 2
+SOURCE = (700, 500)  # px of the image files: ~1 MB each as stored (uncompressed) PNG
+PNG_HEADER = 33  # bytes of a PNG's signature and IHDR chunk, after which a chunk may go
 STEPS, FAIL_AT, CHECKPOINT_EVERY, LOG_EVERY = 6, 4, 3, 2
-DISK_OVER_CAP = 4  # the prepared shards are this many times the memory cap
+DISK_OVER_CAP = 4  # the prepared shards are at least this many times the memory cap
+# the cap: a quarter of every image decoded at SIZE px, so the in-memory path must refuse
+CAP_GB = len(DOMAINS) * CLASSES * PER_CLASS * 3 * SIZE ** 2 / 4 / 1e9
 
 
-@pytest.fixture
-def prepared(tmp_path: Path, jpeg_tree) -> tuple[Path, float]:
-    """A JPEG tree, its shards, and a memory cap a quarter of the shards' size on disk."""
-    root = tmp_path / "data"
-    jpeg_tree(root / "OfficeHome", list(DOMAINS), CLASSES, PER_CLASS, size=(96, 72))
-    prepare_sharded(compose(_data(root)), root / "prepared", rows_per_shard=32, row_group_rows=16)
-    disk = sum(f.stat().st_size for f in (root / "prepared").rglob("*.parquet"))
-    return root, disk / DISK_OVER_CAP / 1e9
+def _unique_copy(png: bytes, i: int) -> bytes:
+    """``png`` with a tEXt chunk naming copy ``i``: the same pixels in bytes of its own (Parquet's
+    dictionary encoding would store equal images once per row group)."""
+    text = b"tEXt" + f"copy\0{i}".encode()
+    chunk = struct.pack(">I", len(text) - 4) + text + struct.pack(">I", zlib.crc32(text))
+    return png[:PNG_HEADER] + chunk + png[PNG_HEADER:]
+
+
+def _write_tree(root: Path) -> None:
+    """The Office-Home layout, one stored (uncompressed) PNG per domain and class whose colour
+    says the class, in PER_CLASS unique copies: ~0.75 GB of image files written at the speed of
+    a copy and cheap to decode; what the memory check needs is their bytes, not their variety."""
+    for d, domain in enumerate(DOMAINS):
+        for c in range(CLASSES):
+            folder = root / "OfficeHome" / domain / f"class_{c:03d}"
+            folder.mkdir(parents=True)
+            colour = np.array([c * 60, d * 80, 255 - c * 60], dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(np.tile(colour, (SOURCE[1], SOURCE[0], 1))).save(
+                buffer, format="PNG", compress_level=0)
+            for i in range(PER_CLASS):
+                (folder / f"{i:05d}.png").write_bytes(_unique_copy(buffer.getvalue(), i))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    """The tree and its shards, shared by the module's runs: the root and the shards' bytes."""
+    root = tmp_path_factory.mktemp("ray_data") / "data"
+    _write_tree(root)
+    prepare_sharded(compose(_data(root)), root / "prepared", rows_per_shard=32, row_group_rows=8)
+    yield root, sum(f.stat().st_size for f in (root / "prepared").rglob("*.parquet"))
+    shutil.rmtree(root)  # ~1.5 GB with the tree: not left for pytest's kept temp folders
 
 
 def _data(root: Path, *extra: str) -> list[str]:
@@ -49,10 +93,11 @@ def _data(root: Path, *extra: str) -> list[str]:
 def _streamed(root: Path, tmp_path: Path, name: str, cap_gb: float, max_failures: int
               ) -> list[str]:
     return _data(root, "train=smoke", "data.loader=ray_data", "data.batch_size=8",
-                 "data.max_test_per_domain=8", f"data.max_in_memory_gb={cap_gb}",
+                 "data.max_test_per_domain=8", "data.val_fraction=0.05",
+                 f"data.max_in_memory_gb={cap_gb}",
                  "data.shuffle_buffer=16", "eval.plots=false", "eval.a_distance=false",
                  "eval.domain_kl=false", "eval.baseline=false", "runner=ray",
-                 "runner.num_workers=2", f"runner.max_failures={max_failures}",
+                 f"runner.num_workers={WORKERS}", f"runner.max_failures={max_failures}",
                  f"train.steps={STEPS}", f"train.checkpoint_every={CHECKPOINT_EVERY}",
                  f"train.log_every={LOG_EVERY}", f"train.fail_at_step={FAIL_AT}",
                  f"name={name}", f"run_dir={tmp_path / 'run'}")
@@ -69,9 +114,21 @@ def _assert_steps_once_and_redone_after(run_dir: Path, restart_time: float) -> N
 
 
 def test_streams_three_domains_over_the_memory_cap_and_a_killed_worker_recovers(
-        ray_local, prepared: tuple[Path, float], tmp_path: Path) -> None:
-    root, cap_gb = prepared
-    overrides = _streamed(root, tmp_path, "stream_fault", cap_gb, max_failures=1)
+        ray_local, prepared: tuple[Path, int], tmp_path: Path) -> None:
+    """The per-worker RSS check: each worker logs its RSS when it starts (before it loads any
+    data), its peak when its loop begins (validation and test rows picked out of the shards and
+    decoded) and its peak so far (``cdlm_dist.training.memory``). What loading grew a worker by
+    must stay under one domain's shards on disk (a third of them, ~0.24 GB): a worker that held
+    any domain's shards whole would exceed it. Measured here: 0.14-0.15 GB, most of it one-time
+    costs (torch's and Arrow's first allocations and thread pools, whatever the data's size).
+    Checked the other way, with this module's tree and overrides: the in-memory path over the
+    prepared folders (``shards:`` domains, ``data.loader=memory``, the cap raised) grew its
+    workers by 1.0-1.1 GB, so this assertion fails on a worker that loads the data. Not bounded:
+    the growth over the whole run, which adds the model, optimiser and the first steps'
+    one-time costs (lazy imports: ~0.45 GB per worker on CPU, whatever the data)."""
+    root, disk = prepared
+    assert disk >= DISK_OVER_CAP * CAP_GB * 1e9
+    overrides = _streamed(root, tmp_path, "stream_fault", CAP_GB, max_failures=1)
     in_memory = [o for o in overrides if o != "data.loader=ray_data"] + ["data.loader=memory"]
     with pytest.raises(ConfigError, match=r"over data\.max_in_memory_gb.*data\.loader=ray_data"):
         run_experiment(in_memory, log=lambda *_: None)
@@ -88,10 +145,15 @@ def test_streams_three_domains_over_the_memory_cap_and_a_killed_worker_recovers(
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
             if "loss/adv" in ln]
     assert rows and all(r["loss/adv"] > 0 for r in rows)  # the 3-way discriminator trains
+    for key in (START_RSS, LOADED_RSS, PEAK_RSS):  # every rank's three numbers in every row
+        assert all(rank_key(key, r) in row for row in rows for r in range(WORKERS))
+    growth = [last[rank_key(LOAD_GROWTH, r)] for r in range(WORKERS)]  # max over both attempts
+    bound = disk / len(DOMAINS) / BYTES_PER_MB
+    assert all(0 < g < bound for g in growth), (growth, bound)
 
 
 def test_an_interrupted_streamed_run_resumes_at_its_checkpoint(
-        ray_local, prepared: tuple[Path, float], tmp_path: Path) -> None:
+        ray_local, prepared: tuple[Path, int], tmp_path: Path) -> None:
     root, _ = prepared
     overrides = _streamed(root, tmp_path, "stream_resume", 1.0, max_failures=0)
     with pytest.raises(RayRunError, match=r"InjectedFault.*start the same command again"):

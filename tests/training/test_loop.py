@@ -13,6 +13,14 @@ from cdlm_dist.data import load_domains
 from cdlm_dist.training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from cdlm_dist.training.context import RunContext
 from cdlm_dist.training.loop import InjectedFault, fit
+from cdlm_dist.training.memory import (
+    LOADED_RSS,
+    PEAK_RSS,
+    START_RSS,
+    SYSTEM_PREFIX,
+    memory_summary,
+    rank_key,
+)
 
 STEPS = ["train.steps=12", "train.checkpoint_every=4", "train.eval_every=4", "train.log_every=2"]
 
@@ -31,6 +39,10 @@ def test_same_seed_same_weights(setup, tmp_path):
     a = fit(cfg, domains, RunContext(tmp_path / "a", torch.device("cpu")), progress=False)
     b = fit(cfg, domains, RunContext(tmp_path / "b", torch.device("cpu")), progress=False)
     assert all(torch.equal(v, b.final_state[k]) for k, v in a.final_state.items())
+    train = [r for r in a.log if "loss/total" in r]  # each carries this rank's memory
+    assert all(r[rank_key(START_RSS, 0)] > 0 and r[rank_key(LOADED_RSS, 0)] > 0
+               and r[PEAK_RSS] == r[rank_key(PEAK_RSS, 0)] for r in train)
+    assert memory_summary(a.log)[PEAK_RSS] == max(r[PEAK_RSS] for r in train)
 
 
 def test_resume_after_a_crash_is_exact(setup, tmp_path):
@@ -57,8 +69,9 @@ def test_resume_after_a_crash_is_exact(setup, tmp_path):
     assert len([r for r in first if "loss/total" in r and r["step"] == 6]) == 1
     # the result carries the whole log (from the checkpoint, then the redone steps), so a driver
     # on another node than rank 0 gets the same rows as the live file
-    def values(rows):
-        return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]
+    def values(rows):  # what two runs share: not their times or their processes' memory
+        return [{k: v for k, v in r.items()
+                 if k != "wall_time" and not k.startswith(SYSTEM_PREFIX)} for r in rows]
 
     assert resumed.log == first
     assert values(resumed.log) == values(straight.log)
