@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="globs of finished run directories to add (their pair is data.preset)")
     p.add_argument("--out", default="bench_results/validators")
     p.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
+    p.add_argument("--min-src-acc", type=float, default=0.0,
+                   help="tabulate only checkpoints with at least this source validation "
+                        "accuracy (e.g. 0.9: how validators rank the trials that trained)")
     return p.parse_args(argv)
 
 
@@ -142,6 +145,8 @@ def checkpoint_rows(directory: Path, labels: dict[str, object]) -> list[dict]:
     """One row per evaluation in a run's metrics.jsonl that recorded the validators."""
     from cdlm_dist.evaluation.plots import read_metrics_log
 
+    if not (directory / "metrics.jsonl").exists():
+        return []  # not started, or made by other code (its key differs): nothing to read
     series = read_metrics_log(directory / "metrics.jsonl")
     target = series.get(EVAL_PREFIX + TARGET, {})
     rows = []
@@ -302,13 +307,17 @@ def main(argv: list[str] | None = None) -> int:
         print("no finished evaluations with validator scores yet", file=sys.stderr)
         return 1
     frame = pd.DataFrame(rows)
-    frame.to_parquet(out / "checkpoints.parquet", index=False)
+    suffix = ""
+    if a.min_src_acc > 0:  # label-free filter: drops the collapsed and diverged checkpoints
+        frame = frame[frame["src_acc"] >= a.min_src_acc].reset_index(drop=True)
+        suffix = f"_src_acc_min{a.min_src_acc:g}"  # beside, not over, the unfiltered files
+    frame.to_parquet(out / f"checkpoints{suffix}.parquet", index=False)
     summary = summarise(frame)
     command = "python benchmarks/validators.py " + " ".join(argv if argv is not None
                                                             else sys.argv[1:])
-    (out / "validators.md").write_text(to_markdown(summary, frame, command.strip()))
-    plot(frame, out / "validators.png")
-    print((out / "validators.md").read_text())
+    (out / f"validators{suffix}.md").write_text(to_markdown(summary, frame, command.strip()))
+    plot(frame, out / f"validators{suffix}.png")
+    print((out / f"validators{suffix}.md").read_text())
     return 0
 
 
