@@ -195,6 +195,9 @@ def build_datasets(cfg: Any) -> dict[str, Any]:
     import ray.data
 
     data = cfg.data
+    # Ray Data redraws progress bars for every domain's pass (an epoch), which drowns the loop's
+    # own progress lines on a long run; datasets take the context current when they are made
+    ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {}
     for k, rows in enumerate(all_domain_rows(data, cfg.train.seed)):
         items = [{"file": f, "row_group": g}
