@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from cdlm_dist.config import Config, compose
 from cdlm_dist.data.domains import DomainData, load_domains
+from cdlm_dist.evaluation.validators import DEFAULT_VALIDATOR
 from cdlm_dist.model.cdlm import build_model
 from cdlm_dist.runners import get_runner, preflight
 from cdlm_dist.tracking import RunTracking
@@ -67,7 +68,7 @@ def run_experiment(overrides: list[str], with_baseline: bool | None = None,
     train_seconds = time.time() - start
     write_log(run_dir / METRICS_LOG, result.log)  # the complete series, whatever node logged
     summary = {"name": cfg.name, "method": cfg.method, "preset": cfg.data.preset,
-               "seed": cfg.train.seed, "steps": cfg.train.steps,
+               "seed": cfg.train.seed, "steps": cfg.train.steps, "select_by": cfg.train.select_by,
                "train_seconds": round(train_seconds, 1)}
     summary |= selection_summary(result.history)
     summary |= memory_summary(result.log)  # each rank's peak RSS and growth (sys/ keys)
@@ -152,10 +153,11 @@ def write_metrics_parquet(rows: list[dict[str, Any]], run_dir: Path) -> None:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A short table for the end of a run."""
+    score_name = summary.get("select_by", DEFAULT_VALIDATOR)  # older summaries lack the key
     rows = [("run", summary["name"]), ("pair", summary["preset"]),
             ("steps", summary["steps"]), ("train time (s)", summary["train_seconds"]),
-            ("selected at step (best source val acc)", summary.get("selected_step")),
-            ("source val acc (selection score)", summary.get("selected_score")),
+            (f"selected at step (best {score_name})", summary.get("selected_step")),
+            (f"{score_name} (selection score)", summary.get("selected_score")),
             ("TARGET ACC (selected, label-free)", summary.get("target_acc_selected")),
             ("target acc (last step)", summary.get("target_acc_last")),
             ("target acc (oracle: best by target labels)", summary.get("target_acc_oracle"))]

@@ -79,3 +79,13 @@ def test_searcher_and_asha_climb_best_score_for_a_validator_metric(tmp_path):
     (trial,) = optuna.load_study(study_name=cfg.sweep.study_name, storage=storage).trials
     assert trial.value == -0.7
     assert make_scheduler(cfg, 2, searcher.study).metric == BEST_SCORE
+
+
+def test_the_run_summary_names_the_validator_it_selected_by():
+    from cdlm_dist.experiment import format_summary
+
+    summary = {"name": "r", "preset": "p", "steps": 6, "train_seconds": 1.0, "selected_step": 3,
+               "selected_score": 0.5, "select_by": "snd"}
+    table = format_summary(summary)
+    assert "selected at step (best snd)" in table and "snd (selection score)" in table
+    assert "source val" not in table
