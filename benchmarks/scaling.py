@@ -256,7 +256,7 @@ def _breakdown_rank(rank: int, world: int, init_file: str, cfg, domains, args: a
     from cdlm_dist.model.cdlm import build_model
     from cdlm_dist.model.sync_norm import convert_sync_batchnorm
     from cdlm_dist.training.context import RunContext
-    from cdlm_dist.training.loop import _reduce_means, seed_everything
+    from cdlm_dist.training.loop import _reduce_row, seed_everything
     from cdlm_dist.training.step import build_optimizer, train_step
 
     torch.set_num_threads(args.threads)
@@ -289,7 +289,7 @@ def _breakdown_rank(rank: int, world: int, init_file: str, cfg, domains, args: a
                 running.setdefault(k, []).append(v)
             if (step + 1) % cfg.train.log_every == 0:
                 with record_function("metrics"):  # the loop's one all-reduce per log line
-                    _reduce_means(running, ctx)
+                    _reduce_row(running, ctx, 0.0)  # RSS values unused here
                 running.clear()
 
         def barrier() -> None:

@@ -162,7 +162,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
         done = step + 1
         final = done == cfg.train.steps
         if done % cfg.train.log_every == 0 or final:
-            logged = _reduce_means(running, ctx) | _memory(ctx, loaded_rss)
+            logged = _reduce_row(running, ctx, loaded_rss)
             running.clear()
             _log(rows, ctx, tracking, done, logged)
             if bar is not None:
@@ -208,20 +208,18 @@ def _log(rows: list[dict], ctx: RunContext, tracking: LiveTracking | None, step:
         tracking.row(row)
 
 
-def _reduce_means(running: dict[str, list[torch.Tensor]], ctx: RunContext) -> dict[str, float]:
-    """Mean of each metric over the steps since the last log, averaged over ranks (one sync)."""
+def _reduce_row(running: dict[str, list[torch.Tensor]], ctx: RunContext, loaded_rss: float
+                ) -> dict[str, float]:
+    """Mean of each metric over the steps since the last log, averaged over ranks, and every
+    rank's peak, loaded and start RSS (``sys/`` keys, :mod:`memory`): one all-reduce, in which
+    each rank fills its own column of the memory block."""
     keys = sorted(running)
-    local = torch.stack([torch.stack(running[k]).float().mean() for k in keys]).to(ctx.device)
-    mean = ctx.all_reduce_sum(local) / ctx.world_size
-    return dict(zip(keys, mean.tolist()))
-
-
-def _memory(ctx: RunContext, loaded_rss: float) -> dict[str, float]:
-    """Every rank's peak, loaded and start RSS (``sys/`` keys, :mod:`memory`), gathered by one
-    all-reduce in which each rank fills its own column."""
-    local = torch.zeros(3, ctx.world_size)  # float32: every backend and device has it
-    local[:, ctx.rank] = torch.tensor([peak_rss_mb(), loaded_rss, ctx.start_rss_mb])
-    return memory_row(*ctx.all_reduce_sum(local.to(ctx.device)).tolist())
+    means = torch.stack([torch.stack(running[k]).float().mean() for k in keys]).to(ctx.device)
+    memory = torch.zeros(3, ctx.world_size)  # float32: every backend and device has it
+    memory[:, ctx.rank] = torch.tensor([peak_rss_mb(), loaded_rss, ctx.start_rss_mb])
+    total = ctx.all_reduce_sum(torch.cat([means, memory.flatten().to(ctx.device)]))
+    row = dict(zip(keys, (total[:len(keys)] / ctx.world_size).tolist()))
+    return row | memory_row(*total[len(keys):].view(3, ctx.world_size).tolist())
 
 
 def _maybe_inject_fault(cfg: Config, step: int, ctx: RunContext) -> None:
