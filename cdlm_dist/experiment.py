@@ -19,7 +19,6 @@ from omegaconf import OmegaConf
 
 from cdlm_dist.config import Config, compose
 from cdlm_dist.data.domains import DomainData, load_domains
-from cdlm_dist.evaluation.validators import DEFAULT_VALIDATOR
 from cdlm_dist.model.cdlm import build_model
 from cdlm_dist.runners import get_runner, preflight
 from cdlm_dist.tracking import RunTracking
@@ -153,7 +152,7 @@ def write_metrics_parquet(rows: list[dict[str, Any]], run_dir: Path) -> None:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A short table for the end of a run."""
-    score_name = summary.get("select_by", DEFAULT_VALIDATOR)  # older summaries lack the key
+    score_name = summary["select_by"]
     rows = [("run", summary["name"]), ("pair", summary["preset"]),
             ("steps", summary["steps"]), ("train time (s)", summary["train_seconds"]),
             (f"selected at step (best {score_name})", summary.get("selected_step")),
