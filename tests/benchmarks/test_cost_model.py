@@ -1,5 +1,6 @@
-"""The cluster cost model's algebra (benchmarks/cost_model.py) on constructed cases: no model is
-built, nothing is measured, no network."""
+"""The cluster cost model's algebra (benchmarks/cost_terms.py, and the GPU compute of
+benchmarks/gpu_compute.py) on constructed cases: no model is built, nothing is measured, no
+network."""
 
 from __future__ import annotations
 
@@ -11,23 +12,17 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from cost_model import (  # noqa: E402
-    GB,
-    MIB,
-    US,
-    Compute,
-    Facts,
-    Link,
-    Network,
+from cost_inputs import GB, MIB, US, Link, Network  # noqa: E402
+from cost_terms import (  # noqa: E402
     collective_time,
-    ddp_buckets,
     efficiency,
     exposed,
-    measured_gpu_compute,
     ring_time,
     step,
     syncs_time,
 )
+from gpu_compute import Compute, measured_gpu_compute  # noqa: E402
+from model_facts import Facts, ddp_buckets  # noqa: E402
 
 FAST = Link("fast", busbw_gbs=100.0, alpha_us=2.0, source="test")
 SLOW = Link("slow", busbw_gbs=10.0, alpha_us=20.0, source="test")
