@@ -15,7 +15,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from cdlm_dist.model.sync_norm import SyncBatchNorm, batch_moments, convert_sync_batchnorm
+from cdlm_dist.model import sync_norm
+from cdlm_dist.model.sync_norm import (
+    SyncBatchNorm,
+    all_gather_rows,
+    batch_moments,
+    convert_sync_batchnorm,
+    sum_over_ranks,
+)
 
 WORLD = 2
 BATCH, CHANNELS, SIDE = 8, 3, 4
@@ -82,26 +89,11 @@ def test_convert_shares_parameters_and_buffers() -> None:
         nn.Conv2d(CHANNELS, CHANNELS, 1), nn.BatchNorm2d(CHANNELS)).state_dict())
 
 
-def _rank(rank: int, init_file: str, out_dir: str) -> None:
-    """One rank: its half of the batch through SyncBatchNorm; parameter gradients summed over
-    ranks (as DDP does, up to its 1 / world size) so they compare with the one-rank gradient."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD)
-    try:
-        x, upstream = _batch()
-        half = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        result = _step(_norm(SyncBatchNorm), x[half], upstream[half])
-        for key in ("weight_grad", "bias_grad"):
-            dist.all_reduce(result[key])
-        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_gloo_ranks_with_half_batches_match_one_rank_with_the_whole(tmp_path: Path) -> None:
-    mp.spawn(_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+def test_two_gloo_ranks_with_half_batches_match_one_rank_with_the_whole(two_rank_cases) -> None:
+    """Each rank put its half of the batch through SyncBatchNorm twice, parameter gradients
+    summed over ranks (as DDP does, up to its 1 / world size) so they compare with the one-rank
+    gradient (case "whole" of the module's one 2-rank spawn, below)."""
+    ranks = [r["whole"] for r in two_rank_cases]
     x, upstream = _batch()
     one = _step(_norm(nn.BatchNorm2d), x, upstream)
     for key in ("y", "x_grad"):  # each rank holds its half of the batch
@@ -206,8 +198,22 @@ def _count_collectives() -> dict[str, torch.Tensor]:
     return out
 
 
+def _sums_both_ways(rank: int) -> dict[str, torch.Tensor]:
+    """sum_over_ranks through its all-gather-and-sum path (gloo's) and its all-reduce path."""
+    t = torch.tensor([rank + 1.0, 0.1 * (rank + 1)], dtype=DTYPE)
+    gathered = sum_over_ranks(t)
+    backends = sync_norm.GATHER_SUM_BACKENDS
+    sync_norm.GATHER_SUM_BACKENDS = ()
+    try:
+        reduced = sum_over_ranks(t)
+    finally:
+        sync_norm.GATHER_SUM_BACKENDS = backends
+    return {"input": t, "gathered": gathered, "reduced": reduced, "rows": all_gather_rows(t)}
+
+
 def _cases_rank(rank: int, init_file: str, out_dir: str) -> None:
-    """One rank of the fused-path cases: its half of every batch; results saved per case."""
+    """One rank of every two-rank case (the plain layer's and the fused path's): its half of
+    every batch; results saved per case."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
@@ -217,6 +223,7 @@ def _cases_rank(rank: int, init_file: str, out_dir: str) -> None:
         x1d, up1d = x[:, :, 0, 0], upstream[:, :, 0, 0]
         hs, hup = _latents()
         cases = {
+            "whole": _step(_norm(SyncBatchNorm), x[half], upstream[half]),
             "bn1d": _step(convert_sync_batchnorm(_norm1d(None)), x1d[half], up1d[half]),
             "plain": _plain(SyncBatchNorm(CHANNELS, affine=False).to(DTYPE), x[half],
                             upstream[half]),
@@ -226,8 +233,9 @@ def _cases_rank(rank: int, init_file: str, out_dir: str) -> None:
             "old_formula": _old_formula(x[half], upstream[half]),
             "hbar": _hbar([h[half] for h in hs], [u[half] for u in hup], sync=True),
             "collectives": _count_collectives(),
+            "sums": _sums_both_ways(rank),
         }
-        for case in ("bn1d", "float32", "fused_once", "old_formula"):
+        for case in ("whole", "bn1d", "float32", "fused_once", "old_formula"):
             for key in ("weight_grad", "bias_grad"):  # DDP sums these over ranks
                 dist.all_reduce(cases[case][key])
         torch.save(cases, Path(out_dir) / f"cases{rank}.pt")
@@ -237,7 +245,8 @@ def _cases_rank(rank: int, init_file: str, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_rank_cases(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, dict]]:
-    """Every fused-path case run once on 2 gloo ranks (one spawn for all of them)."""
+    """Every two-rank case run once on 2 gloo ranks (one spawn for all of them: a spawn costs
+    seconds)."""
     out = tmp_path_factory.mktemp("cases")
     mp.spawn(_cases_rank, args=(str(out / "store"), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"cases{r}.pt", weights_only=True) for r in range(WORLD)]
@@ -293,6 +302,16 @@ def test_one_collective_forward_and_one_backward_per_layer_and_per_hbar(two_rank
     for r in two_rank_cases:
         assert {k: int(v) for k, v in r["collectives"].items()} == {
             "layer_forward": 1, "layer_backward": 1, "hbar_forward": 1, "hbar_backward": 1}
+
+
+def test_sum_over_ranks_is_the_same_sum_whether_gathered_or_all_reduced(two_rank_cases) -> None:
+    expected = sum(r["sums"]["input"] for r in two_rank_cases)
+    for r in two_rank_cases:
+        assert not torch.equal(r["sums"]["input"], expected)  # the input is left as it was
+        torch.testing.assert_close(r["sums"]["gathered"], expected, rtol=0, atol=0)
+        torch.testing.assert_close(r["sums"]["reduced"], expected, rtol=0, atol=0)
+        torch.testing.assert_close(r["sums"]["rows"],
+                                   torch.stack([c["sums"]["input"] for c in two_rank_cases]))
 
 
 def test_scope_converts_only_the_named_submodule() -> None:
