@@ -22,6 +22,7 @@ from cdlm_dist.data.domains import DomainData
 from cdlm_dist.training.checkpoint import list_checkpoints, load_checkpoint
 from cdlm_dist.training.context import RunContext
 from cdlm_dist.training.loop import fit
+from tests.conftest import TINY
 
 STEPS = 4
 WORLD = 2
@@ -39,22 +40,31 @@ TUNED_DDP = ["train.ddp_bucket_cap_mb=0.05", "train.ddp_gradient_as_bucket_view=
     else [])
 
 
-def _cfg(tiny: list[str], run_dir: Path, sync: bool, extra: tuple[str, ...] = ()):
-    return compose(tiny + [f"run_dir={run_dir}", f"train.steps={STEPS}", "train.log_every=2",
+# The cases: (train.sync_batchnorm, extra overrides, whether the two runs must end equal).
+CASES = {"sync_bn": (True, (), True),
+         "sync_bn_tuned_ddp": (True, tuple(TUNED_DDP), True),
+         "rank_local_bn": (False, (), False),
+         "sync_encoder_bn_only": (True, ("train.sync_batchnorm_scope=encoder",), False)}
+
+
+def _cfg(run_dir: Path, sync: bool, extra: tuple[str, ...] = ()):
+    return compose(TINY + [f"run_dir={run_dir}", f"train.steps={STEPS}", "train.log_every=2",
                            f"train.eval_every={STEPS}", f"train.checkpoint_every={STEPS}",
                            f"train.sync_batchnorm={str(sync).lower()}", *extra])
 
 
-def _rank(rank: int, init_file: str, cfg, domains: list[DomainData], run_dir: str,
+def _rank(rank: int, out: str, cfgs: dict, domains: list[DomainData],
           dtype: torch.dtype = DTYPE) -> None:
+    """One rank of every case's 2-rank run, each case in a process group of its own."""
     torch.set_num_threads(1)
     torch.set_default_dtype(dtype)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD)
-    try:
-        fit(cfg, domains, RunContext(Path(run_dir), torch.device("cpu")), progress=False)
-    finally:
-        dist.destroy_process_group()
+    for name, cfg in cfgs.items():
+        dist.init_process_group("gloo", init_method=f"file://{out}/{name}.store", rank=rank,
+                                world_size=WORLD)
+        try:
+            fit(cfg, domains, RunContext(Path(cfg.run_dir), torch.device("cpu")), progress=False)
+        finally:
+            dist.destroy_process_group()
 
 
 def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -67,28 +77,33 @@ def _diffs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, 
             if a[k].is_floating_point() and not torch.allclose(a[k], b[k], atol=ATOL, rtol=RTOL)}
 
 
-@pytest.fixture
-def float64():
+@pytest.fixture(scope="module")
+def runs(tiny_domains: list[DomainData], tmp_path_factory: pytest.TempPathFactory
+         ) -> dict[str, tuple[dict, dict]]:
+    """Every case trained in float64 by 1 rank (here) and by 2 ranks (one spawn for all the
+    cases: starting the 2 processes costs seconds); {case: (one rank's, two ranks' final
+    model state)}."""
+    out = tmp_path_factory.mktemp("ddp")
     previous = torch.get_default_dtype()
     torch.set_default_dtype(DTYPE)
-    yield
-    torch.set_default_dtype(previous)
+    try:
+        for name, (sync, extra, _) in CASES.items():
+            one_dir = out / name / "one"
+            fit(_cfg(one_dir, sync, extra), tiny_domains, RunContext(one_dir, torch.device("cpu")),
+                progress=False)
+    finally:
+        torch.set_default_dtype(previous)
+    two = {name: _cfg(out / name / "two", sync, extra) for name, (sync, extra, _) in CASES.items()}
+    mp.spawn(_rank, args=(str(out), two, tiny_domains), nprocs=WORLD, join=True)
+    return {name: (_final_state(out / name / "one"), _final_state(out / name / "two"))
+            for name in CASES}
 
 
-@pytest.mark.parametrize("sync, extra, equal", [
-    (True, (), True), (True, tuple(TUNED_DDP), True), (False, (), False),
-    (True, ("train.sync_batchnorm_scope=encoder",), False)],
-    ids=["sync_bn", "sync_bn_tuned_ddp", "rank_local_bn", "sync_encoder_bn_only"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_two_ranks_with_half_batches_match_one_rank_with_the_full_batch(
-        tmp_path: Path, tiny_overrides: list[str], tiny_domains: list[DomainData], float64,
-        sync: bool, extra: tuple[str, ...], equal: bool) -> None:
-    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
-    fit(_cfg(tiny_overrides, one_dir, sync, extra), tiny_domains,
-        RunContext(one_dir, torch.device("cpu")), progress=False)
-    mp.spawn(_rank, args=(str(tmp_path / "store"), _cfg(tiny_overrides, two_dir, sync, extra),
-                          tiny_domains, str(two_dir)), nprocs=WORLD, join=True)
-
-    one, two = _final_state(one_dir), _final_state(two_dir)
+        runs: dict[str, tuple[dict, dict]], case: str) -> None:
+    one, two = runs[case]
+    equal = CASES[case][2]
     assert one.keys() == two.keys()
     assert one["encoder.features.0.weight"].dtype == DTYPE
     diffs = _diffs(one, two)
