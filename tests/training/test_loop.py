@@ -33,10 +33,18 @@ def setup():
     return cfg, load_domains(cfg.data, cfg.train.seed)
 
 
-
-def test_same_seed_same_weights(setup, tmp_path):
+@pytest.fixture(scope="module")
+def straight(setup, tmp_path_factory):
+    """One uninterrupted 12-step run that keeps its last 2 checkpoints, shared by the tests that
+    compare with it or read its checkpoints (a fit costs seconds); its context and result."""
     cfg, domains = setup
-    a = fit(cfg, domains, RunContext(tmp_path / "a", torch.device("cpu")), progress=False)
+    ctx = RunContext(tmp_path_factory.mktemp("straight"), torch.device("cpu"), keep_checkpoints=2)
+    return ctx, fit(cfg, domains, ctx, progress=False)
+
+
+def test_same_seed_same_weights(setup, straight, tmp_path):
+    cfg, domains = setup
+    _, a = straight
     b = fit(cfg, domains, RunContext(tmp_path / "b", torch.device("cpu")), progress=False)
     assert all(torch.equal(v, b.final_state[k]) for k, v in a.final_state.items())
     train = [r for r in a.log if "loss/total" in r]  # each carries this rank's memory
@@ -45,10 +53,9 @@ def test_same_seed_same_weights(setup, tmp_path):
     assert memory_summary(a.log)[PEAK_RSS] == max(r[PEAK_RSS] for r in train)
 
 
-def test_resume_after_a_crash_is_exact(setup, tmp_path):
+def test_resume_after_a_crash_is_exact(setup, straight, tmp_path):
     cfg, domains = setup
-    straight = fit(cfg, domains, RunContext(tmp_path / "straight", torch.device("cpu")),
-                   progress=False)
+    _, uninterrupted = straight
 
     crash_cfg = cfg.copy()
     crash_cfg.train.fail_at_step = 6  # after the checkpoint at step 4
@@ -58,7 +65,7 @@ def test_resume_after_a_crash_is_exact(setup, tmp_path):
     assert [p.name for p in list_checkpoints(ctx.checkpoint_dir)] == ["step_0000004.pt"]
     resumed = fit(crash_cfg, domains, ctx, progress=False)  # fault fires once only
 
-    for k, v in straight.final_state.items():
+    for k, v in uninterrupted.final_state.items():
         assert torch.equal(v, resumed.final_state[k]), k
     assert [h["step"] for h in resumed.history] == [4, 8, 12]
     steps = [json.loads(ln)["step"] for ln in (ctx.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -74,13 +81,11 @@ def test_resume_after_a_crash_is_exact(setup, tmp_path):
                  if k != "wall_time" and not k.startswith(SYSTEM_PREFIX)} for r in rows]
 
     assert resumed.log == first
-    assert values(resumed.log) == values(straight.log)
+    assert values(resumed.log) == values(uninterrupted.log)
 
 
-def test_checkpoint_is_weights_only_and_keeps_the_last_n(setup, tmp_path):
-    cfg, domains = setup
-    ctx = RunContext(tmp_path, torch.device("cpu"), keep_checkpoints=2)
-    fit(cfg, domains, ctx, progress=False)
+def test_checkpoint_is_weights_only_and_keeps_the_last_n(straight):
+    ctx, _ = straight
     found = list_checkpoints(ctx.checkpoint_dir)
     assert [p.name for p in found] == ["step_0000008.pt", "step_0000012.pt"]
     state = torch.load(found[-1], weights_only=True)
