@@ -54,7 +54,28 @@ def _forward_loss(model, cfg, device: str):
     return sum(t.float().mean() for t in outputs)
 
 
-def _dispatch_counter():
+# c10d ops under the names of their functional twins, and which argument is the input
+C10D_COLLECTIVES = {"_allgather_base_": ("all_gather_into_tensor", 1),
+                    "allreduce_": ("all_reduce", 0), "broadcast_": ("broadcast", 0),
+                    "_reduce_scatter_base_": ("reduce_scatter_tensor", 1)}
+
+
+def _collective(namespace: str, name: str, args: tuple) -> tuple[str, int] | None:
+    """(functional name, input bytes) if the op is a collective, else None. sync_norm calls
+    c10d ops (their input is an argument, or the first of a list), batch_moments functional
+    ones (their input comes first)."""
+    if namespace == "c10d" and name in C10D_COLLECTIVES:
+        name, index = C10D_COLLECTIVES[name]
+    elif namespace == "_c10d_functional" and any(
+            k in name for k in ("gather", "reduce", "scatter", "broadcast")):
+        index = 0
+    else:
+        return None
+    t = args[index][0] if isinstance(args[index], (list, tuple)) else args[index]
+    return name, t.numel() * t.element_size()
+
+
+def collective_counter():
     """A dispatch mode counting ops, and the collectives among them as (op name, bytes in)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -66,10 +87,9 @@ def _dispatch_counter():
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.ops += 1
-            name = func.overloadpacket.__name__
-            if func.namespace in ("_c10d_functional", "c10d") and any(
-                    k in name for k in ("gather", "reduce", "scatter", "broadcast")):
-                self.collectives.append((name, args[0].numel() * args[0].element_size()))
+            found = _collective(func.namespace, func.overloadpacket.__name__, args)
+            if found is not None:
+                self.collectives.append(found)
             return func(*args, **(kwargs or {}))
 
     return Counter()
@@ -93,7 +113,7 @@ def model_facts(backbone: str, overrides: list[str]) -> Facts:
     cfg = compose(["method=cdlm", "runner=ray", *BACKBONES[backbone]["overrides"], *overrides])
     with torch.device("meta"):
         model = build_model(cfg, NUM_DOMAINS, 10).train()
-    counter = _dispatch_counter()
+    counter = collective_counter()
     with FlopCounterMode(display=False) as flops, counter:
         loss = _forward_loss(model, cfg, "meta")
         forward = flops.get_total_flops()
@@ -110,7 +130,7 @@ def model_facts(backbone: str, overrides: list[str]) -> Facts:
             scope = getattr(cfg.train, "sync_batchnorm_scope", None)  # as the loop converts
             model = convert_sync_batchnorm(model, scope) if scope else \
                 convert_sync_batchnorm(model)
-            synced = _dispatch_counter()
+            synced = collective_counter()
             with synced:
                 _forward_loss(model, cfg, "cpu").backward()
             collectives = synced.collectives

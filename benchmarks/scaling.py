@@ -41,6 +41,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cdlm_dist.model.sync_norm import SYNC_SCOPES  # noqa: E402
+
 DEFAULT_OUT = Path("bench_results/scaling")
 LOADER_STEPS = 200  # batches drawn to time the data loader alone
 
@@ -202,11 +204,13 @@ def plot(df, path: Path) -> None:
 
 # --- --breakdown: where one step's time goes, without Ray ---------------------------------------
 
-# profiler events that are collectives, by the name torch gives them (CPU/gloo and nccl alike):
-# sync_norm's functional all-gather (forward; batch_moments' backward is a reduce-scatter) and
-# its functional all-reduce (the fused BatchNorm's backward), their waits, and DDP's gradient
-# all-reduce (c10d's, launched by the reducer, waited on at the end of backward)
-SYNC_OPS = ("_c10d_functional::all_gather_into_tensor", "_c10d_functional::reduce_scatter_tensor",
+# profiler events that are collectives (CPU/gloo and nccl alike): sync_norm's named scopes
+# around its c10d calls (the fused BatchNorm's all-gather forward and sum over ranks backward),
+# batch_moments' functional all-gather (its backward a reduce-scatter) and their waits, and
+# DDP's gradient all-reduce (c10d's, launched by the reducer, waited on at the end of backward;
+# on nccl sync_norm's sums are c10d all-reduces too, inside their scope)
+SYNC_OPS = (*SYNC_SCOPES, "_c10d_functional::all_gather_into_tensor",
+            "_c10d_functional::reduce_scatter_tensor",
             "_c10d_functional::all_reduce")
 WAIT_OP = "_c10d_functional::wait_tensor"
 ALLREDUCE_OP = "c10d::allreduce_"

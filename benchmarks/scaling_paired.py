@@ -21,6 +21,8 @@ Blocks (B = ``--batch`` images per domain; every block runs the loop's ``train_s
 - ``weak_nosync``: DDP with per-rank BatchNorm (``train.sync_batchnorm=false``), B per rank.
 - ``weak``: DDP as ``runner=ray`` composes it (synchronised BatchNorm), B per rank.
 - ``weak_encoder``: ``train.sync_batchnorm_scope=encoder``, B per rank.
+- ``weak_nobroadcast``: ``train.ddp_broadcast_buffers=false`` (no broadcast of rank 0's
+  BatchNorm buffers before each forward), B per rank.
 - ``strong``, ``strong_nosync``: global batch B (B/2 per rank).
 - ``comm_syncs``: no compute, only the synced-statistics collectives a ``weak`` step makes (as
   many all-gathers and all-reduces, of the same sizes, counted from one step): their floor.
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_facts import ddp_buckets  # noqa: E402
+from model_facts import collective_counter, ddp_buckets  # noqa: E402
 
 DEFAULT_OUT = Path("bench_results/scaling_paired")
 FLOAT_BYTES = 4
@@ -67,6 +69,7 @@ BLOCKS = [
     Block("weak_nosync", "ddp", 1.0, ("train.sync_batchnorm=false",)),
     Block("weak", "ddp"),
     Block("weak_encoder", "ddp", 1.0, ("train.sync_batchnorm_scope=encoder",)),
+    Block("weak_nobroadcast", "ddp", 1.0, ("train.ddp_broadcast_buffers=false",)),
     Block("strong", "ddp", 0.5),
     Block("strong_nosync", "ddp", 0.5, ("train.sync_batchnorm=false",)),
     Block("comm_syncs", "comm"),
@@ -78,6 +81,7 @@ RATIOS = [("pair", "machine share per worker (weak ceiling)"),
           ("weak_nosync", "weak efficiency, sync_batchnorm=false"),
           ("weak", "weak efficiency, default"),
           ("weak_encoder", "weak efficiency, sync_batchnorm_scope=encoder"),
+          ("weak_nobroadcast", "weak efficiency, ddp_broadcast_buffers=false"),
           ("strong", "strong speed-up, default"),
           ("strong_nosync", "strong speed-up, sync_batchnorm=false")]
 WEAK_PARTS = [("machine share", "pair", "solo"), ("lockstep", "lockstep", "pair"),
@@ -131,39 +135,29 @@ class Trainer:
         self.step_index += 1
 
 
-SYNC_OPS = {"_c10d_functional::all_gather_into_tensor": "all_gather",
-            "_c10d_functional::all_reduce": "all_reduce"}
+SYNC_KINDS = ("all_gather_into_tensor", "all_reduce")  # DDP's buffer broadcast is not one
 
 
 def sync_collectives(trainer: Trainer) -> list[tuple[str, int]]:
-    """(op, numel) of every synced-statistics collective one step of ``trainer`` makes, read
-    from torch.profiler (sync_norm's functional collectives; DDP's own are c10d::allreduce_)."""
-    import math
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    """(op, numel) of every synced-statistics collective one step of ``trainer`` (a DDP model)
+    makes, counted by dispatch as the cost model counts them; no_sync keeps DDP's own
+    gradient all-reduce out of the count."""
+    counter = collective_counter()
+    with trainer.model.no_sync(), counter:
         trainer.step()
-    seen = []
-    for e in prof.events():
-        if e.name in SYNC_OPS:
-            seen.append((SYNC_OPS[e.name], math.prod(e.input_shapes[0])))
-    return seen
+    return [(op, nbytes // FLOAT_BYTES) for op, nbytes in counter.collectives
+            if op in SYNC_KINDS]
 
 
-def comm_syncs(syncs: list[tuple[str, int]], world: int) -> None:
-    """The same collectives as a step's synchronised statistics, with no compute around them."""
+def comm_syncs(syncs: list[tuple[str, int]]) -> None:
+    """The same collectives as a step's synchronised statistics, through the same functions,
+    with no compute around them."""
     import torch
-    import torch.distributed as dist
-    import torch.distributed._functional_collectives as funcol
+
+    from cdlm_dist.model.sync_norm import all_gather_rows, sum_over_ranks
 
     for op, n in syncs:
-        t = torch.zeros(n)
-        gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
-        out = (gather(t, 0, dist.group.WORLD) if op == "all_gather"
-               else funcol.all_reduce(t, "sum", dist.group.WORLD))
-        if isinstance(out, funcol.AsyncCollectiveTensor):
-            out.wait()
+        (all_gather_rows if op == "all_gather_into_tensor" else sum_over_ranks)(torch.zeros(n))
 
 
 def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str) -> None:
@@ -181,8 +175,7 @@ def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str)
         alone = Trainer(cfg0, domains, 0, 1, run)  # solo, pair and lockstep: no DDP, no sync
         ddp = {b.name: Trainer(compose_block(args, b, world), domains, rank, world, run)
                for b in BLOCKS if b.kind == "ddp"}
-        probe = Trainer(compose_block(args, BLOCKS[4], world), domains, rank, world, run)
-        syncs = sync_collectives(probe)
+        syncs = sync_collectives(ddp["weak"])
         grad_numel = [p.numel() for p in ddp["weak"].model.parameters() if p.requires_grad]
         buckets = [b // FLOAT_BYTES for b in ddp_buckets(FLOAT_BYTES * sum(grad_numel))]
         tick = torch.zeros(1)
@@ -198,7 +191,7 @@ def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str)
             elif block.kind == "ddp":
                 ddp[block.name].step()
             elif block.name == "comm_syncs":
-                comm_syncs(syncs, world)
+                comm_syncs(syncs)
             else:
                 for n in buckets:
                     dist.all_reduce(torch.zeros(n))
@@ -302,7 +295,7 @@ def report(ranks: list[dict], args: argparse.Namespace, command: str) -> str:
     lines += [f"| total | weak - solo | {fmt(stats['weak_growth'], 1)} | |", "",
               f"Parameters {ranks[0]['parameters']:,}; DDP buckets (floats) {ranks[0]['buckets']};"
               f" synced-statistics collectives per weak step: {len(syncs)} "
-              f"({sum(op == 'all_gather' for op, _ in syncs)} all-gathers, "
+              f"({sum(op == 'all_gather_into_tensor' for op, _ in syncs)} all-gathers, "
               f"{sum(op == 'all_reduce' for op, _ in syncs)} all-reduces, "
               f"{max((n for _, n in syncs), default=0)} floats at most)."]
     return "\n".join(lines) + "\n"

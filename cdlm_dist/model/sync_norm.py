@@ -10,9 +10,16 @@ The layer is one autograd function (:func:`sync_batch_norm`), like torch's own S
 forward takes each rank's per-channel (count, mean, var) in one fused pass, all-gathers them in
 ONE collective and merges them (Chan's formula), then normalises with one fused per-channel
 scale and shift; backward takes the per-channel sums of dy and dy * xhat in one fused pass,
-all-reduces them in ONE collective and forms the input gradient in two fused passes. Written in
-Python ops on full activations instead, the same maths cost more than its collectives
-(docs/scaling.md).
+sums them over the ranks in ONE collective and forms the input gradient in two fused passes.
+Written in Python ops on full activations instead, the same maths cost more than its
+collectives (docs/scaling.md).
+
+The two collectives are plain c10d calls inside the autograd function (as torch's SyncBatchNorm
+does), not functional collectives, which add their own dispatch and wait to each call. On gloo
+the backward sum is an all-gather and a local sum: gloo's all-reduce of a few hundred floats
+costs several times its all-gather (docs/scaling.md, "Part 4"), and the gathered rows summed in
+rank order give every rank the same sum. Each collective runs inside a named profiler scope
+(``SYNC_SCOPES``), which the scaling benchmarks count.
 """
 
 from __future__ import annotations
@@ -21,14 +28,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.profiler import record_function
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)  # statistics of these are taken in float32
-# the functional all-gather (gather dim 0); renamed in newer torch, the old name deprecated
-_all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
 
 
 def distributed_active() -> bool:
@@ -36,9 +41,32 @@ def distributed_active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _waited(t: torch.Tensor) -> torch.Tensor:
-    """A functional collective's result once it has arrived (a plain tensor)."""
-    return t.wait() if isinstance(t, funcol.AsyncCollectiveTensor) else t
+SYNC_GATHER, SYNC_SUM = "sync_norm::all_gather", "sync_norm::sum_over_ranks"
+SYNC_SCOPES = (SYNC_GATHER, SYNC_SUM)
+GATHER_SUM_BACKENDS = ("gloo",)  # backends whose sum over ranks is an all-gather and a local sum
+# all-gather into one (world * n) tensor; renamed in newer torch, the old name deprecated
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def all_gather_rows(row: torch.Tensor) -> torch.Tensor:
+    """(world size, len(row)): every rank's 1-D ``row``, in rank order (no gradient)."""
+    out = row.new_empty(dist.get_world_size() * row.numel())
+    with record_function(SYNC_GATHER):
+        _all_gather(out, row.contiguous())
+    return out.view(-1, row.numel())
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The sum of every rank's 1-D ``t`` (no gradient), the same on every rank."""
+    if dist.get_backend() in GATHER_SUM_BACKENDS:
+        out = t.new_empty(dist.get_world_size() * t.numel())
+        with record_function(SYNC_SUM):
+            _all_gather(out, t.contiguous())
+        return out.view(-1, t.numel()).sum(0)
+    t = t.clone()
+    with record_function(SYNC_SUM):
+        dist.all_reduce(t)
+    return t
 
 
 def _merge_moments(counts: torch.Tensor, means: torch.Tensor, variances: torch.Tensor
@@ -106,8 +134,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         # this rank's per-channel mean and biased variance: torch's own one-pass BN kernel
         mean, var = torch.batch_norm_update_stats(xf, None, None, 0.0)
         count = mean.new_full((1,), float(xf.numel() // channels))
-        row = torch.cat([count, mean, var]).unsqueeze(0)
-        per_rank = _waited(_all_gather(row, 0, dist.group.WORLD))
+        per_rank = all_gather_rows(torch.cat([count, mean, var]))
         mean, var, total = _merge_moments(per_rank[:, :1], per_rank[:, 1:1 + channels],
                                           per_rank[:, 1 + channels:])
         invstd = torch.rsqrt(var + eps)
@@ -131,8 +158,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             dyf, xf, None, None, None, mean, invstd, True, ctx.eps, [False, True, True])
         grad_x = None
         if ctx.needs_input_grad[0]:
-            sums = _waited(funcol.all_reduce(torch.cat([sum_dy, sum_dy_xhat]), "sum",
-                                             dist.group.WORLD))
+            sums = sum_over_ranks(torch.cat([sum_dy, sum_dy_xhat]))
             mean_dy, mean_dy_xhat = (sums / total).chunk(2)
             # dx = w invstd (dy - mean(dy) - xhat mean(dy xhat)) = a dy + b x + c per channel
             a = invstd if weight is None else weight.to(xf.dtype) * invstd
