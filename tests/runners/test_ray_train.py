@@ -1,9 +1,10 @@
-"""The Ray Train runner end to end on 2 local CPU workers (gloo): interrupted runs resume, an
-injected worker failure is survived, in a 3-domain (N-domain CDLM) run. Three TorchTrainer.fit
-calls in all (about 40 s each).
+"""The Ray Train runner end to end on 2 local CPU workers (gloo), in a 3-domain (N-domain CDLM)
+run: an interrupted run resumes when started again, and an injected worker failure is survived
+within a fit. Two TorchTrainer.fit calls in all (about 40 s each), one of them restarting its
+workers.
 
 Evidence of "resumed, not retrained": metrics.jsonl lines carry the wall time they were written;
-lines up to the restored checkpoint keep their first-attempt times, later ones are rewritten.
+lines up to the restored checkpoint keep their first attempt's times, later ones are rewritten.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from cdlm_dist.config import compose
 from cdlm_dist.data.domains import load_domains
 from cdlm_dist.experiment import run_experiment
-from cdlm_dist.runners.ray_train import RayRunError, run_ray
-from cdlm_dist.training.loop import FAULT_MARKER
+from cdlm_dist.runners.ray_train import RAY_SUBDIR, RayRunError
+from cdlm_dist.runners.session import latest_readable_state
+from cdlm_dist.training.loop import FAULT_MARKER, TrainResult
 
 pytestmark = pytest.mark.ray
 
@@ -34,54 +37,56 @@ def _train_lines(run_dir: Path) -> list[dict]:
     return [ln for ln in lines if "loss/total" in ln]
 
 
-def _assert_steps_once_and_redone_after(run_dir: Path, restart_time: float) -> None:
-    """Each log step appears once; those after the checkpoint were written after the restart,
-    those up to it before (kept, not retrained): at most one checkpoint interval is redone."""
+def _assert_steps_once_kept_before_and_redone_after(run_dir: Path, kept_before: float,
+                                                    redone_after: float) -> None:
+    """Each log step appears once; those up to the checkpoint were written before
+    ``kept_before`` (kept, not retrained), those after it after ``redone_after``: at most one
+    checkpoint interval is redone."""
     lines = _train_lines(run_dir)
     assert [ln["step"] for ln in lines] == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
     for ln in lines:
-        redone = ln["step"] > CHECKPOINT_EVERY
-        assert (ln["wall_time"] > restart_time) == redone, (ln["step"], ln["wall_time"],
-                                                            restart_time)
+        if ln["step"] > CHECKPOINT_EVERY:
+            assert ln["wall_time"] > redone_after, (ln["step"], ln["wall_time"], redone_after)
+        else:
+            assert ln["wall_time"] < kept_before, (ln["step"], ln["wall_time"], kept_before)
 
 
-def test_an_interrupted_run_resumes_from_its_latest_checkpoint_when_started_again(
+def test_an_interrupted_three_domain_run_resumes_and_then_survives_a_worker_failure(
         ray_local, tmp_path: Path, tiny_overrides: list[str]) -> None:
+    """digits3: two labelled sources and one target, all-pairs modulation, a 3-way discriminator,
+    under 2 Ray workers. With runner.max_failures=0 the injected fault at step 4 ends the run
+    with the hint to start it again; started again with runner.max_failures=1 and the fault
+    re-armed (its once-per-run-directory marker removed), it resumes from the step-3 checkpoint,
+    a worker dies at step 4 once more and the run finishes from that checkpoint in the same fit.
+    """
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides + RAY_2_WORKERS + ["name=ray_resume", "runner.max_failures=0"]
+    overrides = tiny_overrides + RAY_2_WORKERS + ["data=digits3", "name=ray_recover"]
+    cfg = compose(overrides)
+    domains = load_domains(cfg.data, cfg.train.seed)
+    assert [d.name for d in domains] == ["mnist5k", "ucidigits", "mnistm_synth"]
     with pytest.raises(RayRunError, match=r"InjectedFault.*start the same command again"):
-        run_experiment(overrides, log=lambda *_: None)
-    checkpoints = [p for p in (run_dir / "ray" / "ray_resume").glob("checkpoint_*") if p.is_dir()]
+        run_experiment(overrides + ["runner.max_failures=0"], log=lambda *_: None)
+    storage = run_dir / RAY_SUBDIR / "ray_recover"
+    checkpoints = [p for p in storage.glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 1, "the interrupted run checkpoints at step 3 only"
+    marker = run_dir / FAULT_MARKER
+    assert marker.exists(), "the fault was injected"
+    marker.unlink()  # re-armed: the resumed run loses a worker at step 4 too
     restart = time.time()
 
-    summary = run_experiment(overrides, log=lambda *_: None)
+    summary = run_experiment(overrides + ["runner.max_failures=1"], log=lambda *_: None)
 
+    assert marker.exists() and marker.stat().st_mtime > restart, "the fault was injected again"
     assert summary["steps"] == STEPS
-    _assert_steps_once_and_redone_after(run_dir, restart)
+    _assert_steps_once_kept_before_and_redone_after(run_dir, restart, marker.stat().st_mtime)
     evals = [json.loads(ln)["step"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
              if "eval/eval_score" in ln]
     assert evals == [3, STEPS]  # the step-3 evaluation came back from the checkpoint
     assert summary["selected_step"] in evals
-
-
-def test_a_three_domain_run_survives_a_worker_failure_from_the_last_checkpoint(
-        ray_local, tmp_path: Path, tiny_overrides: list[str]) -> None:
-    """digits3: two labelled sources and one target, all-pairs modulation, a 3-way discriminator,
-    under 2 Ray workers; a worker dies once and the run finishes from its checkpoint."""
-    cfg = compose(tiny_overrides + RAY_2_WORKERS + ["data=digits3", "name=ray_fault",
-                                                    "runner.max_failures=1"])
-    run_dir = Path(cfg.run_dir)
-    domains = load_domains(cfg.data, cfg.train.seed)
-    assert [d.name for d in domains] == ["mnist5k", "ucidigits", "mnistm_synth"]
-
-    result = run_ray(cfg, domains, run_dir)
-
-    marker = run_dir / FAULT_MARKER
-    assert marker.exists(), "the fault was injected"
+    # the result run_ray returned: the final checkpoint's state, as run_ray reads it
+    result = TrainResult.from_state(latest_readable_state(storage, torch.device("cpu")))
     assert result.step == STEPS
     assert [h["step"] for h in result.history] == [3, STEPS]
-    _assert_steps_once_and_redone_after(run_dir, marker.stat().st_mtime)
     last = result.history[-1]
     for name in ("mnist5k", "ucidigits"):  # the labelled sources: validation (the score), test
         assert 0.0 <= last[f"val_acc/{name}"] <= 1.0 and 0.0 <= last[f"test_acc/{name}"] <= 1.0
