@@ -1,8 +1,9 @@
 """data.loader=ray_data end to end on 2 Ray Train workers (gloo): K = 3 domains streamed from
 prepared shards of a generated image tree (Office-Home layout, ~0.75 GB) while the dataset on disk
 is hundreds of times the workers' memory cap, which the in-memory path refuses, and no worker grows
-by as much as one domain's shards; a killed worker recovers, and an interrupted run resumes at the
-right step. Three TorchTrainer.fit calls in all (~40 s each).
+by as much as one domain's shards; an interrupted run resumes at the right step, and a killed
+worker recovers. Two TorchTrainer.fit calls in all (~40 s each), one of them restarting its
+workers.
 
 What resume restores on this path (ARCHITECTURE.md, "Streaming with Ray Data"): the step, the
 model, optimiser and RNG state, each domain's epoch counter and its epoch boundaries; not which
@@ -103,19 +104,29 @@ def _streamed(root: Path, tmp_path: Path, name: str, cap_gb: float, max_failures
                  f"name={name}", f"run_dir={tmp_path / 'run'}")
 
 
-def _assert_steps_once_and_redone_after(run_dir: Path, restart_time: float) -> None:
-    """Each log step once; those after the step-3 checkpoint written after the restart."""
+def _assert_steps_once_kept_before_and_redone_after(run_dir: Path, kept_before: float,
+                                                    redone_after: float) -> None:
+    """Each log step once; those up to the step-3 checkpoint written before ``kept_before``
+    (kept, not retrained), those after it after ``redone_after``."""
     lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [ln for ln in lines if "loss/total" in ln]
     assert [ln["step"] for ln in train] == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
     for ln in train:
-        assert (ln["wall_time"] > restart_time) == (ln["step"] > CHECKPOINT_EVERY), ln
+        if ln["step"] > CHECKPOINT_EVERY:
+            assert ln["wall_time"] > redone_after, ln
+        else:
+            assert ln["wall_time"] < kept_before, ln
     assert [ln["step"] for ln in lines if "eval/eval_score" in ln] == [CHECKPOINT_EVERY, STEPS]
 
 
-def test_streams_three_domains_over_the_memory_cap_and_a_killed_worker_recovers(
+def test_streams_three_domains_over_the_memory_cap_resumes_and_a_killed_worker_recovers(
         ray_local, prepared: tuple[Path, int], tmp_path: Path) -> None:
-    """The per-worker RSS check: each worker logs its RSS when it starts (before it loads any
+    """Recovery: with runner.max_failures=0 the injected fault at step 4 ends the run with the
+    hint to start it again; started again with runner.max_failures=1 and the fault re-armed (its
+    once-per-run-directory marker removed), it resumes at the step-3 checkpoint, a worker dies at
+    step 4 once more and the run finishes from that checkpoint in the same fit.
+
+    The per-worker RSS check: each worker logs its RSS when it starts (before it loads any
     data), its peak when its loop begins (validation and test rows picked out of the shards and
     decoded) and its peak so far (``cdlm_dist.training.memory``). What loading grew a worker by
     must stay under one domain's shards on disk (a third of them, ~0.24 GB): a worker that held
@@ -128,18 +139,25 @@ def test_streams_three_domains_over_the_memory_cap_and_a_killed_worker_recovers(
     one-time costs (lazy imports: ~0.45 GB per worker on CPU, whatever the data)."""
     root, disk = prepared
     assert disk >= DISK_OVER_CAP * CAP_GB * 1e9
-    overrides = _streamed(root, tmp_path, "stream_fault", CAP_GB, max_failures=1)
+    overrides = _streamed(root, tmp_path, "stream_recover", CAP_GB, max_failures=0)
     in_memory = [o for o in overrides if o != "data.loader=ray_data"] + ["data.loader=memory"]
     with pytest.raises(ConfigError, match=r"over data\.max_in_memory_gb.*data\.loader=ray_data"):
         run_experiment(in_memory, log=lambda *_: None)
     assert not (tmp_path / "run").exists(), "refused before anything was written"
-
-    summary = run_experiment(overrides, log=lambda *_: None)
-
+    with pytest.raises(RayRunError, match=r"InjectedFault.*start the same command again"):
+        run_experiment(overrides, log=lambda *_: None)
     marker = tmp_path / "run" / FAULT_MARKER
     assert marker.exists(), "the fault was injected"
+    marker.unlink()  # re-armed: the resumed run loses a worker at step 4 too
+    restart = time.time()
+
+    summary = run_experiment(_streamed(root, tmp_path, "stream_recover", CAP_GB, max_failures=1),
+                             log=lambda *_: None)
+
+    assert marker.exists() and marker.stat().st_mtime > restart, "the fault was injected again"
     assert summary["steps"] == STEPS
-    _assert_steps_once_and_redone_after(tmp_path / "run", marker.stat().st_mtime)
+    _assert_steps_once_kept_before_and_redone_after(tmp_path / "run", restart,
+                                                    marker.stat().st_mtime)
     last = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 0.0 <= last["target_acc_selected"] <= 1.0
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -147,23 +165,9 @@ def test_streams_three_domains_over_the_memory_cap_and_a_killed_worker_recovers(
     assert rows and all(r["loss/adv"] > 0 for r in rows)  # the 3-way discriminator trains
     for key in (START_RSS, LOADED_RSS, PEAK_RSS):  # every rank's three numbers in every row
         assert all(rank_key(key, r) in row for row in rows for r in range(WORKERS))
-    growth = [last[rank_key(LOAD_GROWTH, r)] for r in range(WORKERS)]  # max over both attempts
+    growth = [last[rank_key(LOAD_GROWTH, r)] for r in range(WORKERS)]  # max over the attempts
     bound = disk / len(DOMAINS) / BYTES_PER_MB
     assert all(0 < g < bound for g in growth), (growth, bound)
-
-
-def test_an_interrupted_streamed_run_resumes_at_its_checkpoint(
-        ray_local, prepared: tuple[Path, int], tmp_path: Path) -> None:
-    root, _ = prepared
-    overrides = _streamed(root, tmp_path, "stream_resume", 1.0, max_failures=0)
-    with pytest.raises(RayRunError, match=r"InjectedFault.*start the same command again"):
-        run_experiment(overrides, log=lambda *_: None)
-    restart = time.time()
-
-    summary = run_experiment(overrides, log=lambda *_: None)
-
-    assert summary["steps"] == STEPS
-    _assert_steps_once_and_redone_after(tmp_path / "run", restart)
 
 
 def test_each_domain_cycles_on_its_own_epochs_and_a_pass_is_its_train_rows(
