@@ -16,7 +16,8 @@ import torch
 
 from tests.conftest import TINY
 
-LAYOUTS = ("multi", "single")
+MULTI, SINGLE = "multi", "single"
+LAYOUTS = (MULTI, SINGLE)
 
 
 def overrides(out: Path, layout: str) -> list[str]:
@@ -33,7 +34,7 @@ def main(out: Path, layout: str) -> None:
 
     torch.set_num_threads(1)
     cluster = None
-    if layout == "multi":
+    if layout == MULTI:
         from ray.cluster_utils import Cluster
 
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

@@ -1,6 +1,7 @@
 """Results reach the driver whatever the node layout: a run whose ranks all live on other nodes
-than the driver's writes the same run directory as a one-node run (two TorchTrainer.fit calls,
-each on its own Ray cluster in a subprocess)."""
+than the driver's writes the same run directory as a one-node run (two TorchTrainer.fit calls:
+the multi-node one on its own simulated cluster in a subprocess, the one-node one here, on the
+session's local Ray instance)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from cdlm_dist.experiment import run_experiment
 from cdlm_dist.tracking import TB_SUBDIR
 from cdlm_dist.training.memory import SYSTEM_PREFIX
-from tests.runners.multinode_run import LAYOUTS
+from tests.runners.multinode_run import LAYOUTS, MULTI, SINGLE, overrides
 
 pytestmark = pytest.mark.ray
 
@@ -53,10 +55,13 @@ def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             for tag in events.Tags()["scalars"] if _shared(tag.removeprefix("summary/"), TIME_KEYS)}
 
 
-def test_ranks_on_other_nodes_give_the_same_run_directory_as_one_node(tmp_path: Path) -> None:
-    for layout in LAYOUTS:
-        subprocess.run([sys.executable, "-m", "tests.runners.multinode_run", str(tmp_path),
-                        layout], cwd=REPO, check=True, timeout=900)
+def test_ranks_on_other_nodes_give_the_same_run_directory_as_one_node(ray_local,
+                                                                      tmp_path: Path) -> None:
+    # a process joins one Ray cluster only: the simulated multi-node one needs a process of its
+    # own, the one-node run uses this session's instance (a private instance on one node)
+    subprocess.run([sys.executable, "-m", "tests.runners.multinode_run", str(tmp_path), MULTI],
+                   cwd=REPO, check=True, timeout=900)
+    run_experiment(overrides(tmp_path, SINGLE), log=lambda *_: None)
     multi, single = (tmp_path / layout for layout in LAYOUTS)
 
     assert _files(multi) == _files(single)
