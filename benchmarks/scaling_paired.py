@@ -23,6 +23,8 @@ Blocks (B = ``--batch`` images per domain; every block runs the loop's ``train_s
 - ``weak_encoder``: ``train.sync_batchnorm_scope=encoder``, B per rank.
 - ``weak_nobroadcast``: ``train.ddp_broadcast_buffers=false`` (no broadcast of rank 0's
   BatchNorm buffers before each forward), B per rank.
+- ``weak_pinned``: ``weak`` with every thread of rank r (gloo's included) pinned to CPU r, so
+  the scheduler cannot move them between the cores.
 - ``strong``, ``strong_nosync``: global batch B (B/2 per rank).
 - ``comm_syncs``: no compute, only the synced-statistics collectives a ``weak`` step makes (as
   many all-gathers and all-reduces, of the same sizes, counted from one step): their floor.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -60,6 +63,7 @@ class Block:
     kind: str  # "solo", "pair", "lockstep", "ddp" or "comm"
     per_rank: float = 1.0
     overrides: tuple[str, ...] = ()
+    pinned: bool = False  # every thread of rank r on CPU r for the block (Linux)
 
 
 BLOCKS = [
@@ -70,6 +74,7 @@ BLOCKS = [
     Block("weak", "ddp"),
     Block("weak_encoder", "ddp", 1.0, ("train.sync_batchnorm_scope=encoder",)),
     Block("weak_nobroadcast", "ddp", 1.0, ("train.ddp_broadcast_buffers=false",)),
+    Block("weak_pinned", "ddp", pinned=True),
     Block("strong", "ddp", 0.5),
     Block("strong_nosync", "ddp", 0.5, ("train.sync_batchnorm=false",)),
     Block("comm_syncs", "comm"),
@@ -82,6 +87,7 @@ RATIOS = [("pair", "machine share per worker (weak ceiling)"),
           ("weak", "weak efficiency, default"),
           ("weak_encoder", "weak efficiency, sync_batchnorm_scope=encoder"),
           ("weak_nobroadcast", "weak efficiency, ddp_broadcast_buffers=false"),
+          ("weak_pinned", "weak efficiency, each rank's threads pinned to its own CPU"),
           ("strong", "strong speed-up, default"),
           ("strong_nosync", "strong speed-up, sync_batchnorm=false")]
 WEAK_PARTS = [("machine share", "pair", "solo"), ("lockstep", "lockstep", "pair"),
@@ -160,6 +166,18 @@ def comm_syncs(syncs: list[tuple[str, int]]) -> None:
         (all_gather_rows if op == "all_gather_into_tensor" else sum_over_ranks)(torch.zeros(n))
 
 
+def pin_threads(cpus: set[int] | None) -> None:
+    """Every thread of this process onto ``cpus`` (None: all CPUs); a no-op off Linux."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = cpus if cpus is not None else set(range(os.cpu_count() or 1))
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
 def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str) -> None:
     import torch
     import torch.distributed as dist
@@ -203,6 +221,8 @@ def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str)
             order.shuffle(blocks)
             row = {}
             for block in blocks:
+                if block.pinned:
+                    pin_threads({rank % (os.cpu_count() or 1)})
                 for _ in range(args.warm_steps):
                     run_block(block)
                 dist.barrier()
@@ -214,6 +234,8 @@ def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 if block.kind == "pair":  # each rank's own time, then meet
                     dist.barrier()
+                if block.pinned:
+                    pin_threads(None)
                 row[block.name] = {"ms": 1000 * wall / args.block_steps,
                                    "cpu_ms": 1000 * cpu / args.block_steps}
             rounds.append(row)
