@@ -166,23 +166,12 @@ def comm_syncs(syncs: list[tuple[str, int]]) -> None:
         (all_gather_rows if op == "all_gather_into_tensor" else sum_over_ranks)(torch.zeros(n))
 
 
-def pin_threads(cpus: set[int] | None) -> None:
-    """Every thread of this process onto ``cpus`` (None: all CPUs); a no-op off Linux."""
-    if not hasattr(os, "sched_setaffinity"):
-        return
-    cpus = cpus if cpus is not None else set(range(os.cpu_count() or 1))
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except OSError:  # the thread ended meanwhile
-            pass
-
-
 def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str) -> None:
     import torch
     import torch.distributed as dist
 
     from cdlm_dist.data.domains import load_domains
+    from cdlm_dist.training.context import pin_threads
 
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)

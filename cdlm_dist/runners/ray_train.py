@@ -35,7 +35,7 @@ from cdlm_dist.data.domains import DomainData, load_domains
 from cdlm_dist.runners.cluster import check_resources, connect_ray
 from cdlm_dist.runners.session import SessionStore, read_state
 from cdlm_dist.training.checkpoint import CheckpointError
-from cdlm_dist.training.context import RunContext, ddp_backend, set_threads
+from cdlm_dist.training.context import RunContext, ddp_backend, pin_rank_cpus, set_threads
 from cdlm_dist.training.loop import TrainResult, fit
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,9 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg = OmegaConf.merge(OmegaConf.structured(Config), config["cfg"])
     set_threads(cfg.train.num_threads, cfg.runner.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.runner.use_gpu else torch.device("cpu")
+    if cfg.runner.pin_cpus and device.type == "cpu":
+        cpus = pin_rank_cpus(ray.train.get_context().get_local_rank(), cfg.runner.cpus_per_worker)
+        log.info("worker pinned to CPUs %s (runner.pin_cpus)", sorted(cpus))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     on_driver_node = config.get("driver_node") in (None, _node_id())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +48,41 @@ def set_threads(num_threads: int, fallback: float = 0) -> None:
     threads = num_threads or int(fallback)
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def rank_cpus(local_rank: int, per_rank: int, allowed: list[int]) -> set[int]:
+    """The CPUs of ``local_rank`` when each local rank takes ``per_rank`` of ``allowed`` in
+    order; a clear error if the node has too few (two ranks must never share a pinned core)."""
+    first = local_rank * per_rank
+    if per_rank < 1 or first + per_rank > len(allowed):
+        raise ValueError(
+            f"runner.pin_cpus: local rank {local_rank} needs CPUs {first}-{first + per_rank - 1}"
+            f" of this node's {len(allowed)} usable CPUs ({per_rank} per worker); use fewer "
+            "workers per node, a smaller runner.cpus_per_worker, or runner.pin_cpus=false")
+    return set(allowed[first:first + per_rank])
+
+
+def pin_threads(cpus: set[int] | None) -> None:
+    """Every thread of this process (torch's, gloo's, Ray's) onto ``cpus``; None: all CPUs.
+    Linux only (a no-op elsewhere); threads started later inherit the setting."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = cpus if cpus is not None else set(range(os.cpu_count() or 1))
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+def pin_rank_cpus(local_rank: int, per_rank: int) -> set[int]:
+    """runner.pin_cpus: this process's threads onto its own CPUs (the ones it may use, split
+    over the node's local ranks in order); returns them."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else list(range(os.cpu_count() or 1))
+    cpus = rank_cpus(local_rank, per_rank, allowed)
+    pin_threads(cpus)
+    return cpus
 
 
 def ddp_options(train: TrainConfig) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,14 @@ import torch.distributed as dist
 
 from cdlm_dist.config import compose
 from cdlm_dist.training.checkpoint import list_checkpoints
-from cdlm_dist.training.context import FileStore, RunContext, read_log, set_threads
+from cdlm_dist.training.context import (
+    FileStore,
+    RunContext,
+    pin_threads,
+    rank_cpus,
+    read_log,
+    set_threads,
+)
 
 CPU = torch.device("cpu")
 
@@ -108,3 +116,38 @@ def test_ddp_options_come_from_the_config_and_default_to_torchs(tmp_path: Path,
                             "train.ddp_broadcast_buffers=false"])
     assert (tuned.bucket_bytes_cap, tuned.gradient_as_bucket_view,
             tuned.will_sync_module_buffers()) == (2 ** 20, True, False)
+
+
+def test_each_local_rank_gets_its_own_cpus_and_too_few_is_a_clear_error() -> None:
+    allowed = [0, 1, 4, 5]  # the CPUs this process may use, not always 0..n-1
+    assert [rank_cpus(r, 1, allowed) for r in range(4)] == [{0}, {1}, {4}, {5}]
+    assert [rank_cpus(r, 2, allowed) for r in range(2)] == [{0, 1}, {4, 5}]
+    with pytest.raises(ValueError, match=r"runner.pin_cpus: local rank 2 needs CPUs 4-5 of "
+                                         r"this node's 4 usable CPUs"):
+        rank_cpus(2, 2, allowed)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity is Linux's")
+def test_pinning_moves_every_thread_including_ones_already_running() -> None:
+    import threading
+
+    original = os.sched_getaffinity(0)
+    seen: dict[str, set[int]] = {}
+    go = threading.Event()
+
+    def worker() -> None:  # started before the pin, asked after it
+        go.wait()
+        seen["thread"] = os.sched_getaffinity(0)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    one = {min(original)}
+    try:
+        pin_threads(one)
+        seen["main"] = os.sched_getaffinity(0)
+        go.set()
+        t.join()
+    finally:
+        pin_threads(original)
+    assert seen == {"main": one, "thread": one}
+    assert os.sched_getaffinity(0) == original
