@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cdlm_dist.model.sync_norm import SYNC_SCOPES  # noqa: E402
+from cdlm_dist.model.sync_norm import SYNC_SCOPES
 
 DEFAULT_OUT = Path("bench_results/scaling")
 LOADER_STEPS = 200  # batches drawn to time the data loader alone
@@ -261,7 +261,7 @@ def _breakdown_rank(rank: int, world: int, init_file: str, cfg, domains, args: a
     from cdlm_dist.model.sync_norm import convert_sync_batchnorm
     from cdlm_dist.training.context import RunContext
     from cdlm_dist.training.loop import _reduce_row, seed_everything
-    from cdlm_dist.training.step import build_optimizer, train_step
+    from cdlm_dist.training.step import build_optimizer, step_generators, train_step
 
     torch.set_num_threads(args.threads)
     if world > 1:
@@ -285,9 +285,7 @@ def _breakdown_rank(rank: int, world: int, init_file: str, cfg, domains, args: a
         def one_step(step: int) -> None:
             with record_function("batch"):
                 batch = stream.batch(step, ctx.device)
-            pair_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-            noise_gen = torch.Generator().manual_seed((cfg.train.seed * 1_000_003 + step) * 1009
-                                                      + ctx.rank)
+            pair_gen, noise_gen = step_generators(step, cfg, ctx.rank)
             for k, v in train_step(train_model, optimizer, batch, step, cfg, pair_gen,
                                    noise_gen).items():
                 running.setdefault(k, []).append(v)

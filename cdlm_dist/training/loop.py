@@ -38,7 +38,7 @@ from cdlm_dist.training.checkpoint import rng_state, set_rng_state
 from cdlm_dist.training.context import METRICS_LOG, RunContext, read_log
 from cdlm_dist.training.memory import memory_row, peak_rss_mb
 from cdlm_dist.training.selection import EVAL_SCORE, Selection, progress_metrics
-from cdlm_dist.training.step import build_optimizer, train_step
+from cdlm_dist.training.step import build_optimizer, step_generators, train_step
 
 FAULT_MARKER = ".fault_injected"
 
@@ -152,9 +152,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
 
     for step in range(start, cfg.train.steps):
         _maybe_inject_fault(cfg, step, ctx)
-        pair_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-        noise_gen = torch.Generator(device=ctx.device).manual_seed(
-            (cfg.train.seed * 1_000_003 + step) * 1009 + ctx.rank)
+        pair_gen, noise_gen = step_generators(step, cfg, ctx.rank, ctx.device)
         batch = stream.batch(step, ctx.device)
         for k, v in train_step(train_model, optimizer, batch, step, cfg, pair_gen,
                                noise_gen).items():

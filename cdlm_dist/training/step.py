@@ -39,6 +39,15 @@ def grl_at(step: int, cfg: Config) -> float:
     return grl_coefficient(step / horizon, cfg.loss.grl_gamma, cfg.loss.grl_max)
 
 
+def step_generators(step: int, cfg: Config, rank: int = 0, device: torch.device | str = "cpu"
+                    ) -> tuple[torch.Generator, torch.Generator]:
+    """(pair_gen, noise_gen) of a step, seeded by the step: partners agree on every rank (CPU),
+    noise differs per rank (on the batch's device), and a resumed run draws what it would have."""
+    seed = cfg.train.seed * 1_000_003 + step
+    return (torch.Generator().manual_seed(seed),
+            torch.Generator(device=device).manual_seed(seed * 1009 + rank))
+
+
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """Adam, or SGD with momentum (the DANN recipes'); the lr is set per step by :func:`lr_at`."""
     t = cfg.train
