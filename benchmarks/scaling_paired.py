@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -130,14 +129,11 @@ class Trainer:
         self.cfg, self.rank, self.step_index = cfg, rank, 0
 
     def step(self) -> None:
-        import torch
+        from cdlm_dist.training.step import step_generators, train_step
 
-        from cdlm_dist.training.step import train_step
-
-        s, seed = self.step_index, self.cfg.train.seed * 1_000_003 + self.step_index
+        s = self.step_index
         train_step(self.model, self.optimizer, self.stream.batch(s), s, self.cfg,
-                   torch.Generator().manual_seed(seed),
-                   torch.Generator().manual_seed(seed * 1009 + self.rank))
+                   *step_generators(s, self.cfg, self.rank))
         self.step_index += 1
 
 
@@ -171,7 +167,7 @@ def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str)
     import torch.distributed as dist
 
     from cdlm_dist.data.domains import load_domains
-    from cdlm_dist.training.context import pin_threads
+    from cdlm_dist.training.context import pin_rank_cpus, pin_threads, usable_cpus
 
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -186,6 +182,7 @@ def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str)
         grad_numel = [p.numel() for p in ddp["weak"].model.parameters() if p.requires_grad]
         buckets = [b // FLOAT_BYTES for b in ddp_buckets(FLOAT_BYTES * sum(grad_numel))]
         tick = torch.zeros(1)
+        usable = usable_cpus()  # restored after each pinned block
 
         def run_block(block: Block) -> None:
             if block.kind == "solo":
@@ -211,7 +208,7 @@ def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str)
             row = {}
             for block in blocks:
                 if block.pinned:
-                    pin_threads({rank % (os.cpu_count() or 1)})
+                    pin_rank_cpus(rank, 1)  # as runner.pin_cpus pins a Ray worker
                 for _ in range(args.warm_steps):
                     run_block(block)
                 dist.barrier()
@@ -224,7 +221,7 @@ def _rank(rank: int, world: int, store: str, args: argparse.Namespace, out: str)
                 if block.kind == "pair":  # each rank's own time, then meet
                     dist.barrier()
                 if block.pinned:
-                    pin_threads(None)
+                    pin_threads(usable)
                 row[block.name] = {"ms": 1000 * wall / args.block_steps,
                                    "cpu_ms": 1000 * cpu / args.block_steps}
             rounds.append(row)

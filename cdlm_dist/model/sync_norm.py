@@ -48,10 +48,11 @@ GATHER_SUM_BACKENDS = ("gloo",)  # backends whose sum over ranks is an all-gathe
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
-def all_gather_rows(row: torch.Tensor) -> torch.Tensor:
-    """(world size, len(row)): every rank's 1-D ``row``, in rank order (no gradient)."""
+def all_gather_rows(row: torch.Tensor, scope: str = SYNC_GATHER) -> torch.Tensor:
+    """(world size, len(row)): every rank's 1-D ``row``, in rank order (no gradient); the
+    collective runs in the profiler scope ``scope``."""
     out = row.new_empty(dist.get_world_size() * row.numel())
-    with record_function(SYNC_GATHER):
+    with record_function(scope):
         _all_gather(out, row.contiguous())
     return out.view(-1, row.numel())
 
@@ -59,10 +60,7 @@ def all_gather_rows(row: torch.Tensor) -> torch.Tensor:
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """The sum of every rank's 1-D ``t`` (no gradient), the same on every rank."""
     if dist.get_backend() in GATHER_SUM_BACKENDS:
-        out = t.new_empty(dist.get_world_size() * t.numel())
-        with record_function(SYNC_SUM):
-            _all_gather(out, t.contiguous())
-        return out.view(-1, t.numel()).sum(0)
+        return all_gather_rows(t, SYNC_SUM).sum(0)
     t = t.clone()
     with record_function(SYNC_SUM):
         dist.all_reduce(t)

@@ -62,12 +62,11 @@ def rank_cpus(local_rank: int, per_rank: int, allowed: list[int]) -> set[int]:
     return set(allowed[first:first + per_rank])
 
 
-def pin_threads(cpus: set[int] | None) -> None:
-    """Every thread of this process (torch's, gloo's, Ray's) onto ``cpus``; None: all CPUs.
-    Linux only (a no-op elsewhere); threads started later inherit the setting."""
+def pin_threads(cpus: set[int]) -> None:
+    """Every thread of this process (torch's, gloo's, Ray's) onto ``cpus``. Linux only (a no-op
+    elsewhere); threads started later inherit the setting."""
     if not hasattr(os, "sched_setaffinity"):
         return
-    cpus = cpus if cpus is not None else set(range(os.cpu_count() or 1))
     for tid in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(tid), cpus)
@@ -75,12 +74,16 @@ def pin_threads(cpus: set[int] | None) -> None:
             pass
 
 
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity where the OS has one)."""
+    return (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity")
+            else set(range(os.cpu_count() or 1)))
+
+
 def pin_rank_cpus(local_rank: int, per_rank: int) -> set[int]:
     """runner.pin_cpus: this process's threads onto its own CPUs (the ones it may use, split
     over the node's local ranks in order); returns them."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else list(range(os.cpu_count() or 1))
-    cpus = rank_cpus(local_rank, per_rank, allowed)
+    cpus = rank_cpus(local_rank, per_rank, sorted(usable_cpus()))
     pin_threads(cpus)
     return cpus
 
