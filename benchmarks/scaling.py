@@ -257,23 +257,17 @@ def _breakdown_rank(rank: int, world: int, init_file: str, cfg, domains, args: a
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from cdlm_dist.data.streams import MultiDomainStream
-    from cdlm_dist.model.cdlm import build_model
-    from cdlm_dist.model.sync_norm import convert_sync_batchnorm
     from cdlm_dist.training.context import RunContext
-    from cdlm_dist.training.loop import _reduce_row, seed_everything
-    from cdlm_dist.training.step import build_optimizer, step_generators, train_step
+    from cdlm_dist.training.loop import _reduce_row, build_for_rank
+    from cdlm_dist.training.step import step_generators, train_step
 
     torch.set_num_threads(args.threads)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                 world_size=world)
     try:
-        seed_everything(cfg.train.seed)  # as fit() does, step for step
-        model = build_model(cfg, len(domains), domains[0].num_classes)
-        if cfg.train.sync_batchnorm and world > 1:
-            model = convert_sync_batchnorm(model, cfg.train.sync_batchnorm_scope)
-        optimizer = build_optimizer(model, cfg)
         ctx = RunContext(Path(out) / "run", torch.device("cpu"))
+        model, optimizer = build_for_rank(cfg, domains, ctx)  # as fit() does, step for step
         train_model = ctx.wrap_model(model, cfg.train)
         timer = CommTimer()
         if world > 1:

@@ -111,18 +111,11 @@ class Trainer:
         import torch
 
         from cdlm_dist.data.streams import MultiDomainStream
-        from cdlm_dist.model.cdlm import build_model
-        from cdlm_dist.model.sync_norm import convert_sync_batchnorm
         from cdlm_dist.training.context import RunContext
-        from cdlm_dist.training.loop import seed_everything
-        from cdlm_dist.training.step import build_optimizer
+        from cdlm_dist.training.loop import build_for_rank
 
-        seed_everything(cfg.train.seed)
-        model = build_model(cfg, len(domains), domains[0].num_classes)
-        if cfg.train.sync_batchnorm and world > 1:
-            model = convert_sync_batchnorm(model, cfg.train.sync_batchnorm_scope)
-        self.optimizer = build_optimizer(model, cfg)
         ctx = RunContext(out, torch.device("cpu"), rank=rank, world_size=world, live_log=False)
+        model, self.optimizer = build_for_rank(cfg, domains, ctx)
         self.model = ctx.wrap_model(model, cfg.train)
         self.stream = MultiDomainStream([d.train for d in domains], cfg.data.batch_size,
                                         cfg.train.seed, rank, world)

@@ -117,6 +117,19 @@ class BatchSource(Protocol):
               ) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
+def build_for_rank(cfg: Config, domains: list[DomainData], ctx: RunContext
+                   ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model (on ``ctx.device``, not yet DDP-wrapped) and optimiser :func:`fit` starts from
+    on this rank: seeded, with BatchNorm synchronised across ranks when ``train.sync_batchnorm``
+    and there are several (our SyncBatchNorm: torch's own refuses CPU/gloo tensors). The
+    scaling benchmarks build theirs here too, so they time the loop's own setup."""
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, len(domains), domains[0].num_classes).to(ctx.device)
+    if cfg.train.sync_batchnorm and ctx.world_size > 1:
+        model = convert_sync_batchnorm(model, cfg.train.sync_batchnorm_scope)
+    return model, build_optimizer(model, cfg)
+
+
 def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool = True,
         stream: BatchSource | None = None) -> TrainResult:
     """Train CDLM on ``domains`` under ``ctx``; resumes from ``ctx.latest_state()`` if any.
@@ -124,12 +137,7 @@ def fit(cfg: Config, domains: list[DomainData], ctx: RunContext, progress: bool 
     ``stream``: the training batches; None draws them from ``domains``' train splits in memory.
     """
     loaded_rss = peak_rss_mb()  # data loaded, nothing built: what loading cost, from ctx's start
-    seed_everything(cfg.train.seed)
-    model = build_model(cfg, len(domains), domains[0].num_classes).to(ctx.device)
-    if cfg.train.sync_batchnorm and ctx.world_size > 1:
-        # torch's own refuses CPU (gloo) tensors
-        model = convert_sync_batchnorm(model, cfg.train.sync_batchnorm_scope)
-    optimizer = build_optimizer(model, cfg)
+    model, optimizer = build_for_rank(cfg, domains, ctx)
     start, history, rows, selection = 0, [], [], Selection()
     state = ctx.latest_state() if cfg.resume else None
     if state is not None:
