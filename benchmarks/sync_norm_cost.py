@@ -23,7 +23,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -107,7 +106,9 @@ def arithmetic(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     from cdlm_dist.model import sync_norm
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0,
+    store = args.out.resolve() / "store_one_rank"
+    store.unlink(missing_ok=True)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0,
                             world_size=1)
     gather = sync_norm._all_gather
     sync_norm._all_gather = lambda out, row: out.copy_(row)  # one rank: the gather is a copy
